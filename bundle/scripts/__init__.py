@@ -1,0 +1,5 @@
+"""SimSID/HCASC chest-radiograph anomaly detection: networks, losses, data and engines.
+
+The bundle configs import this package with ``"$import scripts"``; run them from ``bundle/``
+(or with ``bundle/`` on ``sys.path``).
+"""

@@ -1,0 +1,19 @@
+"""Test set-up: make the bundle's ``scripts`` package importable and keep CPU use bounded."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
+if str(BUNDLE_ROOT) not in sys.path:
+    sys.path.insert(0, str(BUNDLE_ROOT))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def bundle_root() -> Path:
+    """Path of the bundle folder (``bundle/``)."""
+    return BUNDLE_ROOT
