@@ -1,0 +1,159 @@
+"""Crash-safe checkpoints: atomic writes, latest/best training state and the deployable weights file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["save_atomic", "load_checkpoint", "RNGState", "TrainingCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+LATEST_NAME = "checkpoint_latest.pt"
+BEST_NAME = "checkpoint_best.pt"
+MODEL_NAME = "model.pt"
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    A reader sees either the previous complete file or the new complete file, never a partial one, even
+    if the process is killed during the write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by this bundle, with an error that names the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist: train first (python -m monai.bundle run training ...) "
+            "or point the config at an existing checkpoint."
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is not a complete "
+                         "checkpoint of this bundle.") from e
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict of state dicts.")
+    return dict(ckpt)
+
+
+class RNGState:
+    """The Python, NumPy and torch random-generator states as a stateful object for checkpoints.
+
+    Saved after the epoch's validation, restored on resume, so that the random masks of the model and
+    the data order continue as in an uninterrupted run.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "python": list(random.getstate()[1]),
+            "python_pos": random.getstate()[2],
+            "numpy_keys": torch.as_tensor(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        random.setstate((3, tuple(int(v) for v in state["python"]), state["python_pos"]))
+        np.random.set_state(("MT19937", np.asarray(state["numpy_keys"], dtype=np.uint32), int(state["numpy_pos"])))
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+
+
+class TrainingCheckpointer:
+    """Writes the training state after every epoch and whenever validation improves the key metric.
+
+    Files in ``ckpt_dir``:
+
+    - ``checkpoint_latest.pt``: every object of ``save_dict`` after every trainer epoch (after validation);
+      resume from it with ``--resume true``.
+    - ``checkpoint_best.pt``: the same, whenever the evaluator's key metric improves.
+    - ``model.pt``: the state dict of ``detector`` alone at the best epoch (generator, discriminator,
+      score statistics), what ``inference.json`` and ``ckpt_export`` load.
+
+    Every write is atomic (:func:`save_atomic`), so an interrupted run leaves the previous files intact.
+
+    Args:
+        ckpt_dir: folder for the files.
+        save_dict: name -> object with ``state_dict``/``load_state_dict`` (networks, optimisers, schedulers,
+            the trainer engine, :class:`RNGState`, the score statistics).
+        detector: the module whose state dict is ``model.pt``.
+        key_metric_name: the evaluator metric to maximise; ``None`` to use the evaluator's key metric.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        detector: torch.nn.Module | None = None,
+        key_metric_name: str | None = None,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.detector = detector
+        self.key_metric_name = key_metric_name
+        self.best_metric = -float("inf")
+        self.best_epoch = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+
+    def attach(self, trainer: Engine, evaluator: Engine | None = None) -> None:
+        """Save the latest state after each trainer epoch; the best after each improving validation.
+
+        Attach after the validation handler so the latest checkpoint includes that epoch's validation.
+        """
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_latest)
+        if evaluator is not None:
+            evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best_if_improved)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        state["checkpointer"] = self.state_dict()
+        return state
+
+    def save_latest(self, engine: Engine) -> None:
+        path = save_atomic(self._checkpoint(), self.ckpt_dir / LATEST_NAME)
+        logger.info("epoch %d: saved %s", engine.state.epoch, path)
+
+    def save_best_if_improved(self, evaluator: Engine) -> None:
+        name = self.key_metric_name or getattr(evaluator.state, "key_metric_name", None)
+        value = evaluator.state.metrics.get(name) if name else None
+        if value is None or not np.isfinite(value):
+            logger.warning("validation metric %r is %s: no best checkpoint written this epoch.", name, value)
+            return
+        if value <= self.best_metric:
+            return
+        self.best_metric, self.best_epoch = float(value), int(evaluator.state.epoch)
+        save_atomic(self._checkpoint(), self.ckpt_dir / BEST_NAME)
+        if self.detector is not None:
+            save_atomic(self.detector.state_dict(), self.ckpt_dir / MODEL_NAME)
+        logger.info("epoch %d: new best %s=%.4f, saved %s", self.best_epoch, name, value, self.ckpt_dir / BEST_NAME)

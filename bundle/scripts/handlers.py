@@ -1,0 +1,244 @@
+"""Ignite handlers: score statistics, threshold selection and the evaluation report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from .detector import SCORE_KINDS, AnomalyDetector
+from .engines import autocast_context, unwrap
+from .metrics import best_accuracy_operating_point, detection_metrics
+from .plots import save_case_grid, save_roc_curve, save_score_histogram
+
+__all__ = ["compute_score_statistics", "ScoreStatisticsHandler", "ScoreCollector", "ThresholdSelector", "EvaluationReport"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def compute_score_statistics(
+    detector: AnomalyDetector,
+    data_loader: Iterable,
+    device: torch.device | str,
+    max_images: int = 200,
+    amp: bool = False,
+) -> None:
+    """Measure the score-normalisation statistics over up to ``max_images`` training images.
+
+    The detector runs in eval mode on un-augmented normal training images; its ``statistics`` buffers
+    receive the mean and std of the discriminator logit and of the reconstruction error.
+    """
+    detector = unwrap(detector)
+    was_training = detector.training
+    detector.eval()
+    disc, recon, seen = [], [], 0
+    for batch in data_loader:
+        x = batch["image"].to(device)[: max_images - seen]
+        with autocast_context(device, amp):
+            raw = detector.raw_scores(x)
+        disc.append(raw["disc_logit"].float().cpu())
+        recon.append(raw["recon_error"].float().cpu())
+        seen += x.shape[0]
+        if seen >= max_images:
+            break
+    detector.train(was_training)
+    if seen == 0:
+        raise ValueError("no training images to compute the score statistics from.")
+    detector.statistics.update(torch.cat(disc), torch.cat(recon))
+    logger.info(
+        "score statistics over %d training images: disc logit %.4f +- %.4f, recon error %.4f +- %.4f",
+        seen, *(float(v) for v in (detector.statistics.mean[0], detector.statistics.std[0],
+                                    detector.statistics.mean[1], detector.statistics.std[1])),
+    )
+
+
+class ScoreStatisticsHandler:
+    """Measures the detector's score statistics when an evaluator starts, so its scores are normalised.
+
+    Args:
+        detector: the detector whose ``statistics`` are updated.
+        data_loader: un-augmented normal training images.
+        max_images: how many images (METHOD.md: up to 200).
+        only_if_missing: skip when the statistics are already there (e.g. loaded from a checkpoint).
+        amp: autocast while scoring.
+    """
+
+    def __init__(
+        self,
+        detector: AnomalyDetector,
+        data_loader: Iterable,
+        max_images: int = 200,
+        only_if_missing: bool = False,
+        amp: bool = False,
+    ) -> None:
+        self.detector = detector
+        self.data_loader = data_loader
+        self.max_images = max_images
+        self.only_if_missing = only_if_missing
+        self.amp = amp
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.only_if_missing and bool(unwrap(self.detector).statistics.ready):
+            logger.info("score statistics loaded with the checkpoint; not recomputed.")
+            return
+        compute_score_statistics(self.detector, self.data_loader, engine.state.device, self.max_images, self.amp)
+
+
+class ScoreCollector:
+    """Gathers per-image scores and labels from an :class:`~scripts.engines.AnomalyEvaluator` each epoch."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        columns = {k: out[k].detach().float().cpu().numpy() for k in ("disc_logit", "recon_error") + tuple(f"score_{k}" for k in SCORE_KINDS)}
+        labels = out["label"].cpu().numpy()
+        for i, name in enumerate(out["filename"]):
+            self.rows.append({"file": name, "label": int(labels[i]), **{k: float(v[i]) for k, v in columns.items()}})
+
+    def scores(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(N scores of ``kind``, N labels) over the rows that have a label."""
+        rows = [r for r in self.rows if r["label"] in (0, 1)]
+        return np.array([r[f"score_{kind}"] for r in rows]), np.array([r["label"] for r in rows], dtype=np.int64)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Act on the epoch's rows; subclasses override."""
+
+
+class ThresholdSelector(ScoreCollector):
+    """After each validation, stores the best-accuracy threshold of ``score_kind`` in the detector.
+
+    Attach it before the checkpoint handler, so the best checkpoint holds the threshold of its epoch.
+    The validation metrics at that threshold are added to the evaluator's metrics as ``val_<name>``.
+    """
+
+    def __init__(self, detector: AnomalyDetector, score_kind: str = "discriminator") -> None:
+        super().__init__()
+        self.detector = detector
+        self.score_kind = score_kind
+
+    def epoch_completed(self, engine: Engine) -> None:
+        scores, labels = self.scores(self.score_kind)
+        if labels.size == 0 or labels.min() == labels.max():
+            logger.warning("validation split lacks normal or abnormal images: threshold left unchanged.")
+            return
+        point = best_accuracy_operating_point(scores, labels)
+        unwrap(self.detector).statistics.threshold.fill_(point["threshold"])
+        engine.state.metrics.update({f"val_{k}": v for k, v in point.items()})
+
+
+class EvaluationReport(ScoreCollector):
+    """Writes the evaluation results of a labelled split to ``output_dir`` when the evaluator finishes.
+
+    Files: ``metrics.json`` (per score kind: AUC and, at the best-accuracy threshold, accuracy, F1,
+    sensitivity, specificity, precision and the threshold; and the metrics at the model's stored
+    threshold), ``scores.csv`` (per image: file, label, raw and normalised scores, decision),
+    ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
+    most and least abnormal-looking normal and abnormal images).
+
+    Args:
+        output_dir: destination folder (created).
+        detector: the evaluated detector (for its score kind and stored threshold).
+        cases_per_group: how many images per group in ``cases.png``.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, detector: AnomalyDetector, cases_per_group: int = 3) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.detector = detector
+        self.cases_per_group = cases_per_group
+        self.cases: list[dict[str, Any]] = []
+
+    def _reset(self, engine: Engine) -> None:
+        super()._reset(engine)
+        self.cases = []
+
+    def _collect(self, engine: Engine) -> None:
+        super()._collect(engine)
+        out = engine.state.output
+        kind = unwrap(self.detector).score_kind
+        scores = out[f"score_{kind}"].float().cpu()
+        for i in range(scores.shape[0]):
+            self.cases.append({
+                "score": float(scores[i]),
+                "label": int(out["label"][i]),
+                "file": out["filename"][i],
+                "images": [out[k][i, 0].float().cpu() for k in ("image", "recon", "anomaly_map")],
+            })
+        self._trim_cases()
+
+    def _trim_cases(self) -> None:
+        """Keep only the extreme cases of each label (highest and lowest scores)."""
+        k = self.cases_per_group
+        kept = []
+        for label in (0, 1):
+            group = sorted((c for c in self.cases if c["label"] == label), key=lambda c: c["score"])
+            kept += group if len(group) <= 2 * k else group[:k] + group[-k:]
+        self.cases = kept
+
+    def epoch_completed(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        detector = unwrap(self.detector)
+        threshold = float(detector.statistics.threshold)
+        metrics: dict[str, Any] = {"score_kind": detector.score_kind, "stored_threshold": threshold}
+        curves = {}
+        for kind in SCORE_KINDS:
+            scores, labels = self.scores(kind)
+            if labels.size == 0:
+                continue
+            metrics[kind] = detection_metrics(scores, labels)
+            if kind == detector.score_kind:
+                metrics[kind]["at_stored_threshold"] = detection_metrics(scores, labels, threshold)
+            if labels.min() != labels.max():
+                curves[kind] = (scores, labels)
+        with open(self.output_dir / "metrics.json", "w") as f:
+            json.dump(_finite_or_none(metrics), f, indent=2)
+        self._write_csv(threshold, detector.score_kind)
+        if curves:
+            save_roc_curve(curves, self.output_dir / "roc.png")
+            save_score_histogram(curves, self.output_dir / "score_histogram.png")
+        if self.cases:
+            save_case_grid(self.cases, self.output_dir / "cases.png")
+        engine.state.metrics.update({f"test_auc_{k}": metrics[k]["auc"] for k in SCORE_KINDS if k in metrics})
+        logger.info("evaluation of %d images written to %s: %s", len(self.rows), self.output_dir,
+                    {k: round(metrics[k]["auc"], 4) for k in SCORE_KINDS if k in metrics})
+
+    def _write_csv(self, threshold: float, kind: str) -> None:
+        columns = ["file", "label", "disc_logit", "recon_error", "score_discriminator", "score_reconstruction", "decision"]
+        with open(self.output_dir / "scores.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in self.rows:
+                decision = "abnormal" if row[f"score_{kind}"] >= threshold else "normal"
+                writer.writerow({**row, "decision": decision})
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace NaN/inf by ``None`` so the JSON is standard."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

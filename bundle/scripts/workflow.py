@@ -1,0 +1,74 @@
+"""Small pieces the bundle configs call: dataset resolution and resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai.handlers import CheckpointLoader
+
+from .datalist import find_datalist
+from .synthetic import ensure_synthetic_dataset
+
+__all__ = ["prepare_datalist", "require_split", "CheckpointFileLoader", "ResumeLoader"]
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_datalist(
+    dataset_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, **synthetic_kwargs: Any
+) -> dict[str, list[dict]]:
+    """The datalist of ``dataset_dir``; when it is the built-in synthetic folder, write that set first if needed.
+
+    Args:
+        dataset_dir: a datalist JSON, or a folder with one, or a published folder layout (``scripts.datalist``).
+        synthetic_dir: the bundle's default ``dataset_dir``; only there is the synthetic set generated, so a
+            mistyped real path is reported instead of silently replaced by synthetic data.
+        synthetic_kwargs: passed to :func:`scripts.synthetic.ensure_synthetic_dataset`.
+    """
+    if Path(dataset_dir).resolve() == Path(synthetic_dir).resolve():
+        ensure_synthetic_dataset(synthetic_dir, **synthetic_kwargs)
+    return find_datalist(dataset_dir)
+
+
+def require_split(datalist: Mapping[str, list[dict]], split: str, dataset_dir: str | os.PathLike) -> list[dict]:
+    """The items of ``split``, or an error naming the dataset when the split is empty."""
+    items = list(datalist.get(split) or [])
+    if not items:
+        raise ValueError(f"dataset {dataset_dir} has no '{split}' images: add a '{split}' split to its datalist "
+                         "or folder layout (see README.md, 'Your own data').")
+    return items
+
+
+class CheckpointFileLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that first checks the checkpoint file exists and says what to do if not.
+
+    Args:
+        load_path: the checkpoint file.
+        load_dict: name -> object to restore, as in ``CheckpointLoader``.
+        hint: what the user should do when the file is missing.
+        kwargs: passed on to ``CheckpointLoader`` (``map_location``, ``strict``, ...).
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        load_dict: Mapping[str, Any],
+        hint: str = "train first (python -m monai.bundle run training --config_file configs/train.json) or pass "
+        "the checkpoint path on the command line",
+        **kwargs: Any,
+    ) -> None:
+        if not Path(load_path).is_file():
+            raise FileNotFoundError(f"checkpoint {load_path} does not exist: {hint}.")
+        super().__init__(load_path=str(load_path), load_dict=dict(load_dict), **kwargs)
+
+
+class ResumeLoader(CheckpointFileLoader):
+    """Loads ``checkpoint_latest.pt`` to continue a training run (``--resume true``)."""
+
+    def __init__(self, load_path: str | os.PathLike, load_dict: Mapping[str, Any], **kwargs: Any) -> None:
+        hint = "train without '--resume true' first, or pass '--resume_ckpt <path to checkpoint_latest.pt>'"
+        super().__init__(load_path=load_path, load_dict=load_dict, hint=hint, **kwargs)
