@@ -1,0 +1,126 @@
+"""SimSID/HCASC training losses: the generator's named terms and the discriminator loss.
+
+Both losses compute in fp32 with autocast disabled locally, so they can be called inside a bf16/fp16
+autocast region (SSIM's variance terms cancel catastrophically in low precision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import SSIMLoss
+from torch import Tensor, nn
+
+__all__ = ["distillation_loss", "GeneratorLoss", "DiscriminatorLoss"]
+
+
+def distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+    """Sum over decoder levels of the MSE between student and teacher features (0 when there are none)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"need one teacher feature per student feature, got {len(student)} and {len(teacher)}.")
+    if not student:
+        return torch.zeros(())
+    return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)]).sum()
+
+
+class GeneratorLoss(nn.Module):
+    """Weighted sum of the generator's terms; every term is also returned unweighted.
+
+    ``total = recon_weight * MSE(recon, x) + ssim_weight * (1 - SSIM(recon, x))
+    + teacher_weight * MSE(teacher_recon, x) + distill_weight * sum_l MSE(student_l, teacher_l)
+    + adv_weight * BCEWithLogits(D(recon), 1)``.
+
+    The default weights are the SimSID/HCASC ZhangLab settings. The SSIM weight 0.5 is HCASC's: its
+    reference code (``main.py``, ``ssl_loss``) adds ``mean((1 - SSIM map) / 2)`` with weight 1, i.e. 0.5 on
+    ``1 - SSIM``; here the term is MONAI's :class:`~monai.losses.SSIMLoss` (``1 - SSIM``, Gaussian window,
+    valid convolution), and it is always part of the generator loss.
+
+    Args:
+        recon_weight: weight of the reconstruction MSE.
+        ssim_weight: weight of ``1 - SSIM``.
+        teacher_weight: weight of the teacher reconstruction MSE.
+        distill_weight: weight of the feature distillation.
+        adv_weight: weight of the adversarial term.
+        ssim_kernel_size: Gaussian window size of SSIM.
+        ssim_sigma: Gaussian window sigma of SSIM.
+        ssim_k1: SSIM luminance constant.
+        ssim_k2: SSIM contrast constant.
+    """
+
+    def __init__(
+        self,
+        recon_weight: float = 10.0,
+        ssim_weight: float = 0.5,
+        teacher_weight: float = 0.01,
+        distill_weight: float = 0.001,
+        adv_weight: float = 0.002,
+        ssim_kernel_size: int = 11,
+        ssim_sigma: float = 1.5,
+        ssim_k1: float = 0.01,
+        ssim_k2: float = 0.03,
+    ) -> None:
+        super().__init__()
+        self.weights = {
+            "recon": recon_weight,
+            "ssim": ssim_weight,
+            "teacher": teacher_weight,
+            "distill": distill_weight,
+            "adv": adv_weight,
+        }
+        self.ssim = SSIMLoss(
+            spatial_dims=2, data_range=1.0, win_size=ssim_kernel_size, kernel_sigma=ssim_sigma, k1=ssim_k1, k2=ssim_k2
+        )
+
+    def forward(
+        self, outputs: Mapping[str, Tensor | list[Tensor]], target: Tensor, fake_logits: Tensor
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            outputs: the generator's training output: ``"recon"`` (``B x C x H x W``), optionally
+                ``"teacher_recon"`` (same shape) and ``"student_features"``/``"teacher_features"``.
+            target: ``B x C x H x W`` input images in [0, 1].
+            fake_logits: ``B x 1`` discriminator logits of ``outputs["recon"]``.
+
+        Returns:
+            ``"recon"``, ``"ssim"``, ``"teacher"``, ``"distill"``, ``"adv"`` (unweighted, 0 where the output
+            lacks the term) and ``"total"`` (weighted sum), each a scalar.
+        """
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            target = target.float()
+            recon = outputs["recon"].float()
+            zero = recon.new_zeros(())
+            terms = {"recon": F.mse_loss(recon, target), "ssim": self.ssim(recon, target)}
+            teacher = outputs.get("teacher_recon")
+            terms["teacher"] = F.mse_loss(teacher.float(), target) if isinstance(teacher, Tensor) else zero
+            student_features = outputs.get("student_features", [])
+            teacher_features = outputs.get("teacher_features", [])
+            if teacher_features:
+                terms["distill"] = distillation_loss(student_features, teacher_features).to(zero)
+            else:
+                terms["distill"] = zero
+            fake_logits = fake_logits.float()
+            terms["adv"] = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+            terms["total"] = sum((self.weights[k] * v for k, v in terms.items()), zero)
+        return terms
+
+
+class DiscriminatorLoss(nn.Module):
+    """``weight * [BCEWithLogits(D(x), 1) + BCEWithLogits(D(G(x)), 0)]`` (SimSID's ``d_w``, default 0.005).
+
+    Args:
+        weight: overall weight.
+    """
+
+    def __init__(self, weight: float = 0.005) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """``real_logits``/``fake_logits``: ``B x 1`` logits of real and generated images -> scalar loss."""
+        with torch.autocast(device_type=real_logits.device.type, enabled=False):
+            real_logits, fake_logits = real_logits.float(), fake_logits.float()
+            real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        return self.weight * (real + fake)

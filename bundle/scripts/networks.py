@@ -1,0 +1,353 @@
+"""SimSID/HCASC networks: the memory-in-painting generator and the image discriminator.
+
+The generator reconstructs *normal* anatomy: patchify -> SE-ResNet encoder -> in-painting block
+(space-aware memory queue + transformer over the 3x3 patch neighbourhood) -> decoder with
+hierarchical learnable memories -> sigmoid image. A teacher decoder (training only) reconstructs
+from the detached encoder features and distils its features into the student decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Norm
+from torch import Tensor, nn
+
+from .blocks import SEResBlock, UpBlock, binary_position_code, conv_norm_act, patchify, unpatchify
+from .memory import DecoderMemory, SpaceAwareMemoryQueue
+
+__all__ = ["neighbour_index", "InpaintBlock", "Decoder", "SimSIDGenerator", "Discriminator"]
+
+
+
+def neighbour_index(num_patch: int) -> Tensor:
+    """Indices of the 8 neighbours (3x3 neighbourhood without its centre) of every patch position.
+
+    Positions are row-major on the ``num_patch x num_patch`` grid; a neighbour beyond the border gets the
+    index ``P = num_patch ** 2``, meant to address an extra all-zero row.
+
+    Returns:
+        ``P x 8`` long tensor.
+    """
+    rows = []
+    for r in range(num_patch):
+        for c in range(num_patch):
+            row = []
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if dr == 0 and dc == 0:
+                        continue
+                    nr, nc = r + dr, c + dc
+                    inside = 0 <= nr < num_patch and 0 <= nc < num_patch
+                    row.append(nr * num_patch + nc if inside else num_patch * num_patch)
+            rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class InpaintBlock(nn.Module):
+    """Feature in-painting on the bottleneck with the space-aware memory queue.
+
+    Per patch: 1x1 conv-BN-ReLU to ``inpaint_channels`` and flatten to a query ``q`` of
+    ``D = inpaint_channels * h * w``; read ``m`` from the patch position's queue; multi-head attention
+    with query ``q`` over the memory outputs of the 8 neighbouring patches (zeros beyond the border);
+    ``h = ReLU(LN(attn) + m)``, ``h = ReLU(LN(FF(h)) + h)``; reshape, append the binary position code as
+    constant channels, 1x1 conv-BN-ReLU back to ``in_channels``. In training a per-pixel
+    Bernoulli(``mask_ratio``) mask keeps the in-painted feature, elsewhere the input passes through.
+
+    Args:
+        in_channels: channels of the bottleneck feature.
+        inpaint_channels: channels after the 1x1 reduction.
+        spatial_size: ``(h, w)`` of the bottleneck feature of one patch.
+        num_patch: patches per image side.
+        num_slots: queue length per position.
+        shrink_thres: sparse addressing of the queue, see :func:`scripts.memory.shrink_weights`.
+        num_heads: attention heads; must divide ``D``.
+        dropout: dropout of the feed-forward layers.
+        mask_ratio: probability that a pixel takes the in-painted feature in training.
+
+    Shapes: ``(B * P) x in_channels x h x w`` -> (same, ``B x P x D`` detached queries).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inpaint_channels: int,
+        spatial_size: tuple[int, int],
+        num_patch: int,
+        num_slots: int,
+        shrink_thres: float = 5,
+        num_heads: int = 8,
+        dropout: float = 0.0,
+        mask_ratio: float = 0.95,
+    ) -> None:
+        super().__init__()
+        self.num_positions = num_patch * num_patch
+        self.inpaint_channels = inpaint_channels
+        self.mask_ratio = mask_ratio
+        dim = inpaint_channels * spatial_size[0] * spatial_size[1]
+        self.dim = dim
+        self.reduce = conv_norm_act(in_channels, inpaint_channels, kernel_size=1)
+        self.queue = SpaceAwareMemoryQueue(self.num_positions, num_slots, dim, shrink_thres)
+        self.register_buffer("neighbours", neighbour_index(num_patch), persistent=False)
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.attn_norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, dim // 4),
+            nn.Dropout(dropout),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim // 4, dim),
+            nn.Dropout(dropout),
+        )
+        self.ff_norm = nn.LayerNorm(dim)
+        code = binary_position_code(self.num_positions)
+        self.register_buffer("position_code", code, persistent=False)
+        self.expand = conv_norm_act(inpaint_channels + code.shape[1], in_channels, kernel_size=1, bias=True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n, _, h, w = x.shape
+        p, dim = self.num_positions, self.dim
+        b = n // p
+        queries = self.reduce(x).reshape(b, p, dim)
+        mem = self.queue(queries).to(queries.dtype)
+        padded = torch.cat([mem, mem.new_zeros(b, 1, dim)], dim=1)
+        context = padded[:, self.neighbours].reshape(n, -1, dim)  # (B * P) x 8 x D
+        attn = self.attention(queries.reshape(n, 1, dim), context, context, need_weights=False)[0]
+        hidden = torch.relu(self.attn_norm(attn.reshape(b, p, dim)) + mem)
+        hidden = torch.relu(self.ff_norm(self.ff(hidden)) + hidden)
+        code = self.position_code.to(hidden.dtype)[None, :, :, None, None].expand(b, -1, -1, h, w)
+        feature = torch.cat([hidden.reshape(b, p, self.inpaint_channels, h, w), code], dim=2)
+        out = self.expand(feature.reshape(n, -1, h, w))
+        if self.training:
+            out = torch.where(torch.rand(n, 1, h, w, device=x.device) < self.mask_ratio, out, x)
+        return out, queries.detach()
+
+
+class Decoder(nn.Module):
+    """``level`` up blocks (deepest first), optional memory after each, 1x1 conv and sigmoid.
+
+    Patches are reassembled into whole images before the first level whose skip is a whole image
+    (``initial_combine`` levels from the top), or at the end when ``initial_combine == 0``.
+
+    Args:
+        features: channels per encoder depth, ``features[0]`` (stem) .. ``features[level]`` (bottleneck).
+        out_channels: image channels.
+        num_patch: patches per image side.
+        initial_combine: number of shallow levels whose skips are whole images.
+        ops: skip operation per level, deepest first (see :class:`scripts.blocks.UpBlock`).
+        se_reduction: reduction ratio of the SE layers.
+        memories: one module per level, deepest first, applied after that level's up block.
+
+    Shapes: ``x: (B * P) x features[level] x h x w``, ``skips[i]``: encoder feature before down block ``i``
+    -> (``B x out_channels x H x W`` image, list of ``level`` decoder features, deepest first).
+    """
+
+    def __init__(
+        self,
+        features: Sequence[int],
+        out_channels: int,
+        num_patch: int,
+        initial_combine: int,
+        ops: Sequence[str],
+        se_reduction: int = 24,
+        memories: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        level = len(features) - 1
+        self.num_patch = num_patch
+        self.combine_at = level - initial_combine
+        self.ups = nn.ModuleList(
+            UpBlock(features[level - i], features[level - 1 - i], features[level - 1 - i], op, se_reduction)
+            for i, op in enumerate(ops)
+        )
+        self.memories = nn.ModuleList(memories if memories is not None else [nn.Identity() for _ in ops])
+        self.head = nn.Conv2d(features[0], out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor, skips: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        level = len(self.ups)
+        features = []
+        for i, (up, memory) in enumerate(zip(self.ups, self.memories)):
+            if i == self.combine_at:
+                x = unpatchify(x, self.num_patch)
+            x = memory(up(x, skips[level - 1 - i]))
+            features.append(x)
+        if self.combine_at == level:
+            x = unpatchify(x, self.num_patch)
+        return torch.sigmoid(self.head(x)), features
+
+
+class SimSIDGenerator(nn.Module):
+    """SimSID/HCASC generator (space-aware memory in-painting with SE-ResNet encoder/decoder).
+
+    Every size derives from the arguments: ``img_size`` must be divisible by ``num_patch * 2 ** level``.
+
+    Args:
+        img_size: side of the square input image.
+        num_patch: patches per side (``P = num_patch ** 2`` positions).
+        level: number of down (and up) blocks.
+        in_channels: image channels.
+        features_root: stem channels; depth ``i`` has ``features_root * 2 ** i``.
+        initial_combine: number of shallow encoder levels whose skips are whole images.
+        num_slots: queue length per patch position.
+        shrink_thres: sparse addressing of all memories: ``int`` k -> top-k, ``float`` -> hard shrinkage.
+        se_reduction: reduction ratio of the squeeze-and-excitation layers.
+        ops: skip operation per decoder level, deepest first (``"concat"`` or ``"none"``).
+        decoder_memory: per decoder level, deepest first: ``"memory"`` adds a learnable memory block.
+        mem_num_slots: slots per decoder memory.
+        num_memory: spatial windows per decoder memory block (a square number).
+        mask_ratio: keep-probability of the in-painted bottleneck (masked shortcut, training only).
+        memory_mask_ratio: keep-probability of the decoder memory outputs (training only).
+        inpaint_channels: channels of the in-painting block.
+        num_heads: heads of the in-painting attention.
+        dropout: dropout in the in-painting feed-forward layers.
+        dist: build the teacher decoder and distil it into the student decoder (training only).
+
+    ``forward(x)`` with ``x: B x in_channels x img_size x img_size`` in [0, 1] returns
+    ``{"recon": B x in_channels x H x W}`` in eval mode; in training also ``"teacher_recon"`` (if ``dist``),
+    ``"student_features"``/``"teacher_features"`` (lists of decoder features, deepest first; the teacher's
+    empty without ``dist``) and ``"queries"`` (``B x P x D`` detached queue queries, to be passed to
+    :meth:`write_memory` after the optimiser step).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 128,
+        num_patch: int = 2,
+        level: int = 4,
+        in_channels: int = 1,
+        features_root: int = 32,
+        initial_combine: int = 2,
+        num_slots: int = 200,
+        shrink_thres: float = 5,
+        se_reduction: int = 24,
+        ops: Sequence[str] = ("concat", "concat", "none", "none"),
+        decoder_memory: Sequence[str] = ("memory", "memory", "none", "none"),
+        mem_num_slots: int = 200,
+        num_memory: int = 4,
+        mask_ratio: float = 0.95,
+        memory_mask_ratio: float = 0.95,
+        inpaint_channels: int = 128,
+        num_heads: int = 8,
+        dropout: float = 0.0,
+        dist: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(ops) != level or len(decoder_memory) != level:
+            raise ValueError(f"ops and decoder_memory need one entry per level ({level}), got {ops}, {decoder_memory}.")
+        if not 0 <= initial_combine <= level:
+            raise ValueError(f"initial_combine must be in [0, {level}], got {initial_combine}.")
+        if img_size % (num_patch * 2**level):
+            raise ValueError(f"img_size {img_size} must be divisible by num_patch * 2**level = {num_patch * 2**level}.")
+        self.num_patch = num_patch
+        self.initial_combine = initial_combine
+        features = [features_root * 2**i for i in range(level + 1)]
+        patch_size = img_size // num_patch
+
+        self.stem = SEResBlock(in_channels, features[0], se_reduction=se_reduction)
+        self.downs = nn.ModuleList(
+            SEResBlock(features[i], features[i + 1], stride=2, se_reduction=se_reduction) for i in range(level)
+        )
+        bottleneck = patch_size // 2**level
+        self.inpaint = InpaintBlock(
+            features[level],
+            inpaint_channels,
+            (bottleneck, bottleneck),
+            num_patch,
+            num_slots,
+            shrink_thres=shrink_thres,
+            num_heads=num_heads,
+            dropout=dropout,
+            mask_ratio=mask_ratio,
+        )
+        memories: list[nn.Module] = []
+        for i, kind in enumerate(decoder_memory):
+            depth = level - 1 - i
+            size = patch_size // 2**depth * (num_patch if depth < initial_combine else 1)
+            if kind == "memory":
+                memories.append(
+                    DecoderMemory(
+                        num_memory, mem_num_slots, features[depth], (size, size), shrink_thres, memory_mask_ratio
+                    )
+                )
+            elif kind == "none":
+                memories.append(nn.Identity())
+            else:
+                raise ValueError(f"decoder_memory entries must be 'memory' or 'none', got {kind!r}.")
+        self.decoder = Decoder(features, in_channels, num_patch, initial_combine, ops, se_reduction, memories)
+        self.teacher = Decoder(features, in_channels, num_patch, initial_combine, ops, se_reduction) if dist else None
+
+    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``B x C x H x W`` -> (``(B * P) x F x h x w`` bottleneck, skips before every down block)."""
+        x = self.stem(patchify(x, self.num_patch))
+        skips = []
+        for i, down in enumerate(self.downs):
+            skips.append(unpatchify(x, self.num_patch) if i < self.initial_combine else x)
+            x = down(x)
+        return x, skips
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        bottleneck, skips = self.encode(x)
+        inpainted, queries = self.inpaint(bottleneck)
+        recon, student_features = self.decoder(inpainted, skips)
+        if not self.training:
+            return {"recon": recon}
+        out: dict[str, Tensor | list[Tensor]] = {
+            "recon": recon,
+            "student_features": student_features,
+            "queries": queries,
+        }
+        teacher_features: list[Tensor] = []
+        if self.teacher is not None:
+            out["teacher_recon"], teacher_features = self.teacher(bottleneck.detach(), [s.detach() for s in skips])
+        out["teacher_features"] = teacher_features
+        return out
+
+    @torch.no_grad()
+    def write_memory(self, queries: Tensor) -> None:
+        """FIFO-write ``B x P x D`` queries (``forward(x)["queries"]``) into every position's queue."""
+        self.inpaint.queue.write(queries)
+
+
+class Discriminator(nn.Module):
+    """Image discriminator: strided conv-(BN)-LeakyReLU(0.2) layers, then a linear layer to one logit.
+
+    Every layer halves the size (stride 2, "same" padding); the first has no BatchNorm.
+
+    Args:
+        img_size: side of the square input image.
+        in_channels: image channels.
+        channels: output channels of the conv layers.
+        kernel_size: conv kernel size (odd).
+
+    Shapes: ``B x in_channels x img_size x img_size`` -> ``B x 1`` logits.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 128,
+        in_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 128),
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        layers = []
+        size = img_size
+        for i, out_channels in enumerate(channels):
+            layers.append(
+                Convolution(
+                    spatial_dims=2,
+                    in_channels=in_channels if i == 0 else channels[i - 1],
+                    out_channels=out_channels,
+                    strides=2,
+                    kernel_size=kernel_size,
+                    act=("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
+                    norm=Norm.BATCH if i > 0 else None,
+                )
+            )
+            size = (size - 1) // 2 + 1
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels[-1] * size * size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))

@@ -1,0 +1,353 @@
+"""Tests of the SimSID/HCASC generator, its memories and the discriminator (CPU, small configurations)."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.blocks import binary_position_code, patchify, unpatchify
+from scripts.memory import DecoderMemory, SpaceAwareMemoryQueue, hard_shrink, topk_shrink
+from scripts.networks import Discriminator, InpaintBlock, SimSIDGenerator, neighbour_index
+
+SMALL = dict(features_root=8, num_slots=16, mem_num_slots=12, inpaint_channels=16, num_heads=2, se_reduction=4)
+
+
+def small_generator(img_size: int = 64, num_patch: int = 2, seed: int = 0, **kwargs) -> SimSIDGenerator:
+    torch.manual_seed(seed)
+    return SimSIDGenerator(img_size=img_size, num_patch=num_patch, **{**SMALL, **kwargs})
+
+
+def images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Plain top-k shrinkage of one row block: softmax, keep the k largest by sorting, renormalise."""
+    soft = torch.softmax(logits, dim=-1)
+    order = soft.argsort(dim=-1, descending=True)
+    keep = torch.zeros_like(soft, dtype=torch.bool)
+    for row in range(soft.shape[0]):
+        keep[row, order[row, :k]] = True
+    kept = torch.where(keep, soft, torch.zeros_like(soft))
+    return kept / kept.sum(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------- shapes and construction
+
+
+@pytest.mark.parametrize("img_size", [64, 128, 256])
+@pytest.mark.parametrize("num_patch", [2, 4])
+def test_generator_output_shapes(img_size, num_patch):
+    gen = small_generator(img_size, num_patch)
+    x = images(2, img_size)
+    positions = num_patch**2
+    bottleneck = img_size // num_patch // 16
+    gen.train()
+    out = gen(x)
+    assert out["recon"].shape == (2, 1, img_size, img_size)
+    assert out["teacher_recon"].shape == (2, 1, img_size, img_size)
+    assert out["queries"].shape == (2, positions, 16 * bottleneck * bottleneck)
+    assert not out["queries"].requires_grad
+    assert len(out["student_features"]) == len(out["teacher_features"]) == 4
+    for s, t, channels in zip(out["student_features"], out["teacher_features"], (64, 32, 16, 8)):
+        assert s.shape == t.shape and s.shape[1] == channels
+    assert 0.0 <= float(out["recon"].min()) and float(out["recon"].max()) <= 1.0
+    gen.eval()
+    with torch.no_grad():
+        evaluated = gen(x)
+    assert set(evaluated) == {"recon"}
+    assert evaluated["recon"].shape == (2, 1, img_size, img_size)
+
+
+def test_generator_without_teacher():
+    gen = small_generator(dist=False).train()
+    out = gen(images(2, 64))
+    assert "teacher_recon" not in out and out["teacher_features"] == []
+    assert not any(name.startswith("teacher") for name, _ in gen.named_parameters())
+
+
+def test_reference_parameter_count():
+    """ZhangLab settings: 44.5 M generator parameters, as the published model (within 2 %)."""
+    gen = SimSIDGenerator()
+    count = sum(p.numel() for p in gen.parameters())
+    assert abs(count - 44.5e6) / 44.5e6 < 0.02
+    # the decoder memories are 4 windows x 200 slots of 256*4*4 and 128*8*8 values
+    assert gen.decoder.memories[0].memory.shape == (4, 200, 4096)
+    assert gen.decoder.memories[1].memory.shape == (4, 200, 8192)
+    assert gen.inpaint.queue.memory.shape == (4, 200, 2048)
+
+
+def test_invalid_sizes_rejected():
+    with pytest.raises(ValueError):
+        SimSIDGenerator(img_size=100, **SMALL)
+    with pytest.raises(ValueError):
+        SimSIDGenerator(img_size=64, ops=("concat", "none"), **SMALL)
+    with pytest.raises(ValueError):
+        DecoderMemory(num_memory=3, num_slots=4, channels=2, spatial_size=(4, 4))
+
+
+@pytest.mark.parametrize("img_size", [64, 128, 256])
+def test_discriminator_shapes(img_size):
+    torch.manual_seed(0)
+    disc = Discriminator(img_size=img_size)
+    assert disc.classifier.in_features == 128 * (img_size // 32) ** 2
+    assert disc(images(3, img_size)).shape == (3, 1)
+    # the first layer has no BatchNorm, all the others have one
+    norms = [any(isinstance(m, torch.nn.BatchNorm2d) for m in layer.modules()) for layer in disc.features]
+    assert norms == [False, True, True, True, True]
+
+
+# ---------------------------------------------------------------- patches, neighbourhood, position code
+
+
+@pytest.mark.parametrize("num_patch", [2, 4])
+def test_patchify_layout_and_roundtrip(num_patch):
+    x = torch.randn(2, 3, 16, 16)
+    patches = patchify(x, num_patch)
+    size = 16 // num_patch
+    assert patches.shape == (2 * num_patch**2, 3, size, size)
+    for b in range(2):
+        for r in range(num_patch):
+            for c in range(num_patch):
+                expected = x[b, :, r * size : (r + 1) * size, c * size : (c + 1) * size]
+                assert torch.equal(patches[b * num_patch**2 + r * num_patch + c], expected)
+    assert torch.equal(unpatchify(patches, num_patch), x)
+
+
+@pytest.mark.parametrize("num_patch", [2, 3, 4])
+def test_neighbour_index_matches_unfold(num_patch):
+    positions = num_patch**2
+    ids = torch.arange(1, positions + 1, dtype=torch.float).reshape(1, 1, num_patch, num_patch)
+    windows = F.unfold(ids, kernel_size=3, padding=1)[0].long().T  # P x 9, 0 = beyond the border
+    windows = torch.cat([windows[:, :4], windows[:, 5:]], dim=1)
+    expected = torch.where(windows == 0, torch.full_like(windows, positions), windows - 1)
+    assert torch.equal(neighbour_index(num_patch), expected)
+
+
+def test_binary_position_code():
+    assert binary_position_code(4).tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]
+    code = binary_position_code(16)
+    assert code.shape == (16, 5)
+    assert code[13].tolist() == [0, 1, 1, 0, 1]
+    assert len({tuple(row) for row in code.tolist()}) == 16
+
+
+# ---------------------------------------------------------------- memory addressing and queue
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_topk_shrink_rows(k):
+    logits = torch.randn(7, 12, requires_grad=True)
+    weights = topk_shrink(logits, k)
+    assert torch.equal((weights != 0).sum(-1), torch.full((7,), k))
+    assert torch.allclose(weights.sum(-1), torch.ones(7), atol=1e-6)
+    assert torch.allclose(weights, reference_topk(logits.detach(), k), atol=1e-6)
+    # straight-through: the gradient is the softmax's
+    upstream = torch.randn(7, 12)
+    (grad,) = torch.autograd.grad((weights * upstream).sum(), logits)
+    (expected,) = torch.autograd.grad((torch.softmax(logits, -1) * upstream).sum(), logits)
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_hard_shrink_is_l1_normalised_threshold():
+    logits = torch.tensor([[0.5, 0.1, 0.3, 0.05]])
+    weights = hard_shrink(logits, 0.2)
+    assert torch.allclose(weights, torch.tensor([[0.625, 0.0, 0.375, 0.0]]), atol=1e-6)
+
+
+def test_queue_batched_read_matches_per_position_reference():
+    torch.manual_seed(0)
+    queue = SpaceAwareMemoryQueue(num_positions=4, num_slots=10, slot_dim=6, shrink_thres=3)
+    queries = torch.randn(5, 4, 6)
+    out = queue(queries)
+    for p in range(4):
+        memory = queue.memory[p]
+        weights = reference_topk(queries[:, p] @ memory.T, 3)
+        assert torch.allclose(out[:, p], weights @ memory, atol=1e-6)
+
+
+def test_queue_read_gradient_reaches_queries_not_queue():
+    queue = SpaceAwareMemoryQueue(num_positions=2, num_slots=8, slot_dim=4, shrink_thres=2)
+    queries = torch.randn(3, 2, 4, requires_grad=True)
+    queue(queries).square().sum().backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0
+    assert not queue.memory.requires_grad
+    assert [name for name, _ in queue.named_parameters()] == []
+    assert {name for name, _ in queue.named_buffers()} == {"memory", "ptr"}
+
+
+def test_queue_read_is_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    queue = SpaceAwareMemoryQueue(num_positions=2, num_slots=8, slot_dim=4, shrink_thres=2)
+    queries = torch.randn(3, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = queue(queries.bfloat16())
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, queue(queries.bfloat16().float()), atol=1e-6)
+
+
+def test_queue_fifo_write_wraps_around():
+    positions, slots, dim = 3, 5, 2
+    queue = SpaceAwareMemoryQueue(positions, slots, dim)
+    initial = queue.memory.clone()
+    expected = [collections.deque([initial[p, s] for s in range(slots)]) for p in range(positions)]
+    pointer = 0
+    counter = 0.0
+    for batch in (2, 3, 4, 1, 7):  # 17 items: wraps three times, the last batch is longer than the queue
+        queries = torch.arange(counter, counter + batch * positions * dim).reshape(batch, positions, dim)
+        counter += queries.numel()
+        queue.write(queries)
+        for b in range(batch):
+            for p in range(positions):
+                expected[p][pointer] = queries[b, p]
+            pointer = (pointer + 1) % slots
+        assert int(queue.ptr) == pointer
+        for p in range(positions):
+            assert torch.equal(queue.memory[p], torch.stack(list(expected[p])))
+
+
+def test_generator_write_memory_writes_forward_queries():
+    gen = small_generator().train()
+    out = gen(images(3, 64))
+    gen.write_memory(out["queries"])
+    queue = gen.inpaint.queue
+    assert int(queue.ptr) == 3
+    assert torch.equal(queue.memory[:, :3], out["queries"].transpose(0, 1))
+
+
+def test_decoder_memory_matches_per_window_reference():
+    torch.manual_seed(0)
+    block = DecoderMemory(num_memory=4, num_slots=6, channels=3, spatial_size=(4, 6), shrink_thres=2).eval()
+    x = torch.randn(2, 3, 4, 6)
+    out = block(x)
+    for gi in range(2):
+        for gj in range(2):
+            window = x[:, :, gi * 2 : (gi + 1) * 2, gj * 3 : (gj + 1) * 3]
+            memory = block.memory[gi * 2 + gj].detach()
+            weights = reference_topk(window.reshape(2, -1) @ memory.T, 2)
+            expected = (weights @ memory).reshape(window.shape)
+            assert torch.allclose(out[:, :, gi * 2 : (gi + 1) * 2, gj * 3 : (gj + 1) * 3], expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- gradients, state, modes
+
+
+def test_gradients_reach_every_trainable_parameter():
+    gen = small_generator(img_size=64, num_patch=4).train()
+    x = images(2, 64)
+    out = gen(x)
+    distill = sum(F.mse_loss(s, t) for s, t in zip(out["student_features"], out["teacher_features"]))
+    loss = F.mse_loss(out["recon"], x) + F.mse_loss(out["teacher_recon"], x) + distill
+    loss.backward()
+    missing = [n for n, p in gen.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert all(not b.requires_grad for b in gen.buffers())
+
+
+def test_state_dict_roundtrip_restores_queue_and_pointer():
+    gen = small_generator(seed=0).train()
+    for seed in (1, 2, 3):
+        gen.write_memory(gen(images(3, 64, seed=seed))["queries"])
+    state = gen.state_dict()
+    assert "inpaint.queue.memory" in state and "inpaint.queue.ptr" in state
+    restored = small_generator(seed=42)
+    assert not torch.equal(restored.inpaint.queue.memory, gen.inpaint.queue.memory)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.inpaint.queue.memory, gen.inpaint.queue.memory)
+    assert int(restored.inpaint.queue.ptr) == int(gen.inpaint.queue.ptr) == 9
+    x = images(2, 64, seed=7)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x)["recon"], gen.eval()(x)["recon"])
+
+
+def test_eval_output_is_deterministic():
+    gen = small_generator().eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        first, second = gen(x)["recon"], gen(x)["recon"]
+    assert torch.equal(first, second)
+
+
+def test_seeded_construction_and_training_forward_are_deterministic():
+    a, b = small_generator(seed=3), small_generator(seed=3)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    x = images(2, 64)
+    torch.manual_seed(11)
+    out_a = a.train()(x)["recon"]
+    torch.manual_seed(11)
+    out_b = b.train()(x)["recon"]
+    assert torch.equal(out_a, out_b)
+
+
+def test_inpaint_masked_shortcut_only_in_training():
+    torch.manual_seed(0)
+    block = InpaintBlock(32, 8, (2, 2), num_patch=2, num_slots=6, num_heads=2, mask_ratio=0.0)
+    x = torch.randn(8, 32, 2, 2)
+    block.train()
+    out_shortcut, _ = block(x)
+    assert torch.equal(out_shortcut, x)  # ratio 0: the encoder feature passes everywhere
+    block.mask_ratio = 1.0
+    out_inpainted, _ = block(x)
+    assert not torch.isclose(out_inpainted, x).any()
+    block.mask_ratio = 0.5
+    big = torch.randn(256, 32, 2, 2)
+    out_mixed, _ = block(big)
+    passed = (out_mixed == big).all(dim=1)  # the mask is per pixel, shared by all channels
+    assert torch.equal(passed, (out_mixed == big).any(dim=1))
+    assert 0.4 < passed.float().mean() < 0.6
+    block.eval()
+    block.mask_ratio = 0.0
+    out_eval_0, _ = block(x)
+    block.mask_ratio = 1.0
+    out_eval_1, _ = block(x)
+    assert torch.equal(out_eval_0, out_eval_1)
+    assert not torch.isclose(out_eval_0, x).any()
+
+
+def test_generator_masks_change_training_output_not_eval():
+    gen = small_generator()
+    x = images(2, 64)
+    outputs = {}
+    for mode in ("eval", "train"):  # eval first: training forwards update the BatchNorm statistics
+        for ratio in (1.0, 0.95):
+            gen.inpaint.mask_ratio = ratio
+            torch.manual_seed(5)
+            with torch.set_grad_enabled(mode == "train"):
+                outputs[(mode, ratio)] = gen.train(mode == "train")(x)["recon"]
+    assert not torch.allclose(outputs[("train", 1.0)], outputs[("train", 0.95)])
+    assert torch.equal(outputs[("eval", 1.0)], outputs[("eval", 0.95)])
+
+
+def test_trace_matches_eager_in_eval():
+    gen = small_generator(img_size=64, num_patch=4).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(gen, images(2, 64, seed=1), strict=False)
+        for batch, seed in ((2, 2), (3, 3)):
+            x = images(batch, 64, seed=seed)
+            assert torch.allclose(traced(x)["recon"], gen(x)["recon"], atol=1e-6)
+
+
+def _distributed_write(rank: int, world_size: int, init_file: str, result_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # same initial queue on both ranks
+    queue = SpaceAwareMemoryQueue(num_positions=2, num_slots=8, slot_dim=3)
+    queue.write(torch.full((2 + rank, 2, 3), float(rank + 1)))  # uneven batches: 2 and 3 items
+    torch.save({"memory": queue.memory, "ptr": queue.ptr}, os.path.join(result_dir, f"{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_queue_write_is_identical_on_every_rank(tmp_path):
+    torch.multiprocessing.spawn(
+        _distributed_write, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    states = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert torch.equal(states[0]["memory"], states[1]["memory"])
+    assert int(states[0]["ptr"]) == int(states[1]["ptr"]) == 5
+    assert torch.equal(states[0]["memory"][:, :2], torch.full((2, 2, 3), 1.0))
+    assert torch.equal(states[0]["memory"][:, 2:5], torch.full((2, 3, 3), 2.0))
