@@ -1,0 +1,128 @@
+"""The train and evaluate configs run for real, on a small generated data set, through ConfigWorkflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from bundle_utils import TINY, run, workflow
+from scripts.checkpoint import load_checkpoint
+from scripts.synthetic import write_synthetic_dataset
+
+N_TEST_NORMAL, N_TEST_ABNORMAL = 3, 5
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    return write_synthetic_dataset(
+        root, n_train=8, n_val_normal=2, n_val_abnormal=2, n_test_normal=N_TEST_NORMAL,
+        n_test_abnormal=N_TEST_ABNORMAL, size=64, seed=1,
+    )
+
+
+def _train(dataset, ckpt_dir, tmp_path, **override):
+    args = {**TINY, "dataset_dir": str(dataset), "ckpt_dir": str(ckpt_dir), "output_dir": str(tmp_path / "tb"),
+            "epochs": 2, **override}
+    return run(["train.json"], "train", "training", **args)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    ckpt_dir = tmp / "models"
+    wf = _train(dataset, ckpt_dir, tmp)
+    return wf, ckpt_dir
+
+
+def test_train_config_has_standard_properties(dataset):
+    wf = workflow(["train.json"], "train", "training", dataset_dir=str(dataset))
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+    # the optional ids the bundle has follow MONAI's standard names
+    for prop in ("network_def", "train_handlers", "train_preprocessing", "evaluator", "val_interval",
+                 "val_dataset", "val_handlers", "val_preprocessing", "val_inferer"):
+        assert wf.get(prop) is not None or prop == "val_interval", prop
+    assert wf.parser.get("train#trainer#max_epochs") == "@epochs"
+
+
+def test_training_writes_checkpoints_that_round_trip(trained):
+    wf, ckpt_dir = trained
+    names = {p.name for p in ckpt_dir.iterdir()}
+    assert {"checkpoint_latest.pt", "checkpoint_best.pt", "model.pt"} <= names
+    latest = load_checkpoint(ckpt_dir / "checkpoint_latest.pt")
+    assert latest["trainer"]["epoch"] == 2
+    for key in ("generator", "discriminator", "g_optimizer", "d_optimizer", "g_lr_scheduler", "d_lr_scheduler",
+                "score_statistics", "rng", "checkpointer"):
+        assert key in latest, key
+    generator = wf.parser.get_parsed_content("generator")
+    # the memory queues travel in the generator state and were written during training
+    queue_keys = [k for k in latest["generator"] if "pointer" in k]
+    assert queue_keys, "generator state has no memory pointer buffer"
+    assert any(int(latest["generator"][k].sum()) > 0 for k in queue_keys)
+    for k, v in generator.state_dict().items():
+        assert torch.equal(v.cpu(), latest["generator"][k]), k
+    assert bool(latest["score_statistics"]["ready"])
+
+    # model.pt loads into a fresh detector built from the config and reproduces its scores
+    fresh = workflow(["train.json"], "train", "training", **TINY)
+    fresh.initialize()
+    detector = fresh.parser.get_parsed_content("detector")
+    missing = detector.load_state_dict(load_checkpoint(ckpt_dir / "model.pt"))
+    assert not missing.missing_keys and not missing.unexpected_keys
+    trained_detector = wf.parser.get_parsed_content("detector").eval()
+    detector.eval()
+    x = torch.rand(2, 1, 64, 64)
+    best_epoch = load_checkpoint(ckpt_dir / "checkpoint_best.pt")["trainer"]["epoch"]
+    if best_epoch == 2:
+        with torch.no_grad():
+            assert torch.allclose(detector(x)[1], trained_detector(x)[1])
+
+
+def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path):
+    _, ckpt_dir = trained
+    out = tmp_path / "eval"
+    run(["train.json", "evaluate.json"], "eval", "evaluating", **TINY, dataset_dir=str(dataset),
+        ckpt_dir=str(ckpt_dir), eval_output_dir=str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for kind in ("discriminator", "reconstruction"):
+        m = metrics[kind]
+        assert m["num_images"] == N_TEST_NORMAL + N_TEST_ABNORMAL and m["num_abnormal"] == N_TEST_ABNORMAL
+        assert 0.0 <= m["auc"] <= 1.0
+        for key in ("accuracy", "f1", "sensitivity", "specificity", "precision", "threshold"):
+            assert key in m
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == N_TEST_NORMAL + N_TEST_ABNORMAL
+    assert sum(int(r["label"]) for r in rows) == N_TEST_ABNORMAL
+    assert all(r["decision"] in ("normal", "abnormal") for r in rows)
+    for name in ("roc.png", "score_histogram.png", "cases.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    """1 epoch + resume to 2 epochs gives the same weights and queues as 2 uninterrupted epochs."""
+    common = {"aug_prob": 0.0}
+    _train(dataset, tmp_path / "full", tmp_path, **common)
+    _train(dataset, tmp_path / "split", tmp_path, epochs=1, **common)
+    _train(dataset, tmp_path / "split", tmp_path, resume=True, **common)
+    full = load_checkpoint(tmp_path / "full" / "checkpoint_latest.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoint_latest.pt")
+    assert split["trainer"]["epoch"] == full["trainer"]["epoch"] == 2
+    for net in ("generator", "discriminator"):
+        for k, v in full[net].items():
+            assert torch.equal(v, split[net][k]), f"{net}.{k}"
+
+
+def test_resume_without_checkpoint_names_the_file(dataset, tmp_path):
+    with pytest.raises(Exception, match="checkpoint_latest.pt"):
+        _train(dataset, tmp_path / "none", tmp_path, resume=True)
+
+
+def test_missing_dataset_dir_is_named(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(Exception, match="no_such_folder"):
+        _train(missing, tmp_path / "m", tmp_path)
