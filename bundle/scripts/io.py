@@ -1,0 +1,115 @@
+"""Loading transforms for radiographs: any supported file -> ``1 x H x W`` ``float32`` MetaTensor in ``[0, 1]``.
+
+The bundle's preprocessing is ``LoadRadiographd -> Resized -> (training) RandAffined -> EnsureTyped``.
+:class:`LoadRadiographd` detects the format of each file by its content and loads it through
+:class:`monai.transforms.LoadImage` with the matching reader from :mod:`scripts.readers`, which applies
+the display pipeline (DICOM VOI/window, MONOCHROME1 inversion, colour to grey) and the safety checks.
+Rules and the table of accepted and refused inputs: ``bundle/docs/io.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection, PathLike
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImage, MapTransform, Transform
+
+from .readers import (
+    DICOM_META_KEYWORDS,
+    SUPPORTED_SUFFIXES,
+    DicomRadiographReader,
+    ImageLimits,
+    NibabelRadiographReader,
+    PILRadiographReader,
+    RadiographLoadError,
+    detect_format,
+    is_supported_file,
+)
+
+__all__ = [
+    "DICOM_META_KEYWORDS",
+    "SUPPORTED_SUFFIXES",
+    "DicomRadiographReader",
+    "ImageLimits",
+    "LoadRadiograph",
+    "LoadRadiographd",
+    "NibabelRadiographReader",
+    "PILRadiographReader",
+    "RadiographLoadError",
+    "detect_format",
+    "is_supported_file",
+]
+
+
+class LoadRadiograph(Transform):
+    """Load one radiograph file as displayed: ``1 x H x W`` ``float32`` MetaTensor in ``[0, 1]``.
+
+    The format (DICOM, PNG, JPEG, NIfTI) is detected from the content, and the file is read by
+    :class:`monai.transforms.LoadImage` with the matching reader. The metadata has the same keys for
+    every format: ``filename_or_obj``, ``spatial_shape`` (original ``(H, W)``), ``source_format`` and
+    ``dicom`` (identifiers of the source instance as strings; empty strings for non-DICOM files).
+
+    Args:
+        max_pixels: largest ``rows * columns`` accepted, checked from the header before decoding.
+        min_side: smallest accepted number of rows and of columns.
+        max_aspect_ratio: largest accepted ``max(rows, cols) / min(rows, cols)``.
+
+    Raises:
+        RadiographLoadError: (on call) for any file that cannot be loaded; the message names the file,
+            the reason and a remedy.
+    """
+
+    def __init__(self, max_pixels: int = 50_000_000, min_side: int = 16, max_aspect_ratio: float = 4.0) -> None:
+        limits = {"max_pixels": max_pixels, "min_side": min_side, "max_aspect_ratio": max_aspect_ratio}
+        raster = PILRadiographReader(**limits)
+        self.readers: dict[str, ImageReader] = {
+            "dicom": DicomRadiographReader(**limits),
+            "png": raster,
+            "jpeg": raster,
+            "nifti": NibabelRadiographReader(**limits),
+        }
+        self.loader = LoadImage(
+            reader=[self.readers["nifti"], raster, self.readers["dicom"]],
+            image_only=True,
+            dtype=np.float32,
+            ensure_channel_first=True,
+        )
+
+    def __call__(self, filename: PathLike) -> MetaTensor:
+        """Load ``filename``; see the class docstring."""
+        if not isinstance(filename, str) and not hasattr(filename, "__fspath__"):
+            raise TypeError(f"LoadRadiograph expects a file path, got {type(filename).__name__}.")
+        source_format = detect_format(filename)
+        return self.loader(filename, reader=self.readers[source_format])
+
+
+class LoadRadiographd(MapTransform):
+    """Dictionary version of :class:`LoadRadiograph`: replaces each ``d[key]`` (a path) by its image.
+
+    Args:
+        keys: keys of the paths to load.
+        max_pixels: see :class:`LoadRadiograph`.
+        allow_missing_keys: do not raise if a key is missing.
+        min_side: see :class:`LoadRadiograph`.
+        max_aspect_ratio: see :class:`LoadRadiograph`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        max_pixels: int = 50_000_000,
+        allow_missing_keys: bool = False,
+        min_side: int = 16,
+        max_aspect_ratio: float = 4.0,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadRadiograph(max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
