@@ -126,3 +126,11 @@ def test_missing_dataset_dir_is_named(tmp_path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(Exception, match="no_such_folder"):
         _train(missing, tmp_path / "m", tmp_path)
+
+
+def test_new_run_never_replaces_existing_checkpoints(trained, dataset, tmp_path):
+    _, ckpt_dir = trained
+    before = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    with pytest.raises(Exception, match="--overwrite true"):
+        _train(dataset, ckpt_dir, tmp_path, epochs=1)
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before

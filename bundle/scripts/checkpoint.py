@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .distributed import is_main_process
+
 __all__ = ["save_atomic", "load_checkpoint", "RNGState", "TrainingCheckpointer"]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class TrainingCheckpointer:
       score statistics), what ``inference.json`` and ``ckpt_export`` load.
 
     Every write is atomic (:func:`save_atomic`), so an interrupted run leaves the previous files intact.
+    Under ``torch.distributed`` only rank 0 writes; every rank tracks the best metric.
 
     Args:
         ckpt_dir: folder for the files.
@@ -103,6 +106,12 @@ class TrainingCheckpointer:
             the trainer engine, :class:`RNGState`, the score statistics).
         detector: the module whose state dict is ``model.pt``.
         key_metric_name: the evaluator metric to maximise; ``None`` to use the evaluator's key metric.
+        resume: this run continues the checkpoints in ``ckpt_dir`` (they may exist).
+        overwrite: allow a new run to replace the checkpoints of an earlier run in ``ckpt_dir``.
+
+    Raises:
+        FileExistsError: ``ckpt_dir`` holds checkpoints of an earlier run and neither ``resume`` nor
+            ``overwrite`` is set: a new run never silently replaces a trained model.
     """
 
     def __init__(
@@ -111,8 +120,17 @@ class TrainingCheckpointer:
         save_dict: Mapping[str, Any],
         detector: torch.nn.Module | None = None,
         key_metric_name: str | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir)
+        existing = [self.ckpt_dir / n for n in (LATEST_NAME, BEST_NAME, MODEL_NAME) if (self.ckpt_dir / n).exists()]
+        if existing and not (resume or overwrite):
+            raise FileExistsError(
+                f"{self.ckpt_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}). "
+                "Continue that run with '--resume true', write this one elsewhere with '--ckpt_dir <new folder>', "
+                "or replace them with '--overwrite true'."
+            )
         self.save_dict = dict(save_dict)
         self.detector = detector
         self.key_metric_name = key_metric_name
@@ -141,6 +159,8 @@ class TrainingCheckpointer:
         return state
 
     def save_latest(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
         path = save_atomic(self._checkpoint(), self.ckpt_dir / LATEST_NAME)
         logger.info("epoch %d: saved %s", engine.state.epoch, path)
 
@@ -153,6 +173,8 @@ class TrainingCheckpointer:
         if value <= self.best_metric:
             return
         self.best_metric, self.best_epoch = float(value), int(evaluator.state.epoch)
+        if not is_main_process():
+            return
         save_atomic(self._checkpoint(), self.ckpt_dir / BEST_NAME)
         if self.detector is not None:
             save_atomic(self.detector.state_dict(), self.ckpt_dir / MODEL_NAME)
