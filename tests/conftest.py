@@ -10,7 +10,8 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
 if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
 
-torch.set_num_threads(2)
+# one thread: on a 2-core machine, 2 OpenMP threads slow down many-fold as soon as anything else runs
+torch.set_num_threads(1)
 
 
 @pytest.fixture
