@@ -13,12 +13,14 @@ summary last; ``--json FILE`` also writes it to a file.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +40,18 @@ from scripts.synthetic import ensure_synthetic_dataset  # noqa: E402
 CONFIGS = BUNDLE / "configs"
 
 
-def _overrides(extra: list[str]) -> dict[str, str]:
+def _literal(text: str) -> Any:
+    """A command-line value as the MONAI bundle CLI reads it: a Python literal where it is one, else text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _overrides(extra: list[str]) -> dict[str, Any]:
     if len(extra) % 2:
         raise SystemExit(f"overrides must be '--name value' pairs, got {extra}")
-    return {extra[i].lstrip("-"): extra[i + 1] for i in range(0, len(extra), 2)}
+    return {extra[i].lstrip("-"): _literal(extra[i + 1]) for i in range(0, len(extra), 2)}
 
 
 def _workflow(configs: list[str], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:
