@@ -1,0 +1,406 @@
+"""Inference on a mixed folder through ``configs/inference.json``: CSV, anomaly maps, Secondary Captures, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser
+from monai.data import list_data_collate
+from monai.transforms import Compose, Resize, Resized
+from monai.visualize import blend_images
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from bundle_utils import CONFIGS, TINY, workflow
+from scripts.inference import LoadRadiographOrErrord, list_inputs, output_stem, render_overlay
+from scripts.io import LoadRadiograph
+from scripts.synthetic import synthesize_radiograph
+
+# the reconstruction score: a random discriminator gives (almost) the same logit for every image, so its
+# standardised score would only amplify rounding noise; the reconstruction error differs between images
+INFER_TINY = {**{k: v for k, v in TINY.items() if k not in ("stats_max_images", "log_every")},
+              "score_kind": "reconstruction"}
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+MPEG2_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.100"  # video: no pixel decoder in pydicom
+RG1 = get_testdata_file("RG1_UNCR.dcm")
+METADATA = json.loads((CONFIGS / "metadata.json").read_text())
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def tiny_detector() -> torch.nn.Module:
+    """The detector of inference.json with the tiny test hyperparameters (random weights), in eval mode."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(INFER_TINY)
+    torch.manual_seed(0)
+    return parser.get_parsed_content("network_def").eval()
+
+
+def synthetic(seed: int, rows: int = 64, cols: int = 64) -> np.ndarray:
+    """A synthetic radiograph in [0, 1], cropped to ``rows x cols``."""
+    image, _ = synthesize_radiograph(np.random.default_rng(seed), size=max(rows, cols))
+    return image[:rows, :cols]
+
+
+def write_dicom(path: Path, image: np.ndarray, study: str, series: str) -> Path:
+    """A 12-bit MONOCHROME2 CR image of ``image`` (in [0, 1]) in the given study and series."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_STORAGE, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = "Doe^$1+1", "P-17", "CR"  # copied as data, never evaluated
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.set_pixel_data(np.rint(image * 4095).astype(np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=12)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_unsupported_syntax(path: Path, source: Path) -> Path:
+    """``source`` re-labelled with a transfer syntax that has no pixel decoder (hand-assembled Part 10 file)."""
+    ds = pydicom.dcmread(source)
+    ds.PixelData = encapsulate([b"\x00\x01" * 64])
+    body = pydicom.filebase.DicomBytesIO()
+    pydicom.filewriter.write_dataset(body, ds)
+    meta = FileMetaDataset(ds.file_meta)
+    meta.TransferSyntaxUID = MPEG2_TRANSFER_SYNTAX
+    meta_bytes = pydicom.filebase.DicomBytesIO()
+    write_file_meta_info(meta_bytes, meta, enforce_standard=True)
+    path.write_bytes(bytes(128) + b"DICM" + meta_bytes.getvalue() + body.getvalue())
+    return path
+
+
+def direct(detector: torch.nn.Module, path: str | Path) -> tuple[float, np.ndarray]:
+    """The score and the original-size anomaly map of one file, computed here without the bundle's pipeline."""
+    image = LoadRadiograph()(path)
+    x = Resize((INFER_TINY["img_size"],) * 2, mode="area")(image).as_tensor()[None]
+    with torch.no_grad():
+        amap, score = detector(x)
+    full = F.interpolate(amap, size=tuple(image.shape[1:]), mode="bilinear", align_corners=False)
+    return float(score[0]), full[0, 0].numpy()
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def run_inference(input_dir: Path, output_dir: Path, ckpt: Path, **override):
+    paths = {"input_dir": str(input_dir), "output_dir": str(output_dir), "ckpt_path": str(ckpt)}
+    return workflow(["inference.json"], "infer", "run", **{**INFER_TINY, **paths, **override})
+
+
+def run(wf):
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    chain = []
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_intra_op_thread():
+    """One torch thread: the DataLoader worker shares the CPU cores, and OpenMP threads that wait for each
+    other on an oversubscribed CPU make the tiny model's forward pass take seconds instead of milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> dict:
+    """A mixed input folder (good and bad files, a name shared by two sub-folders), its results folder inside."""
+    root = tmp_path_factory.mktemp("clinic") / "inputs"
+    (root / "ward_a").mkdir(parents=True)
+    (root / "ward_b").mkdir()
+    (root / "bad").mkdir()
+    Image.fromarray(np.rint(synthetic(1, 72, 60) * 255).astype(np.uint8)).save(root / "ward_a" / "chest.png")
+    Image.fromarray(np.rint(synthetic(2, 60, 80) * 255).astype(np.uint8)).save(root / "ward_b" / "chest.png")
+    Image.fromarray(np.rint(synthetic(3, 64, 64) * 255).astype(np.uint8)).save(root / "ward_b" / "pa.jpg", quality=95)
+    # config syntax in a file name is data, never evaluated
+    Image.fromarray(np.rint(synthetic(5, 64, 64) * 255).astype(np.uint8)).save(root / "ward_b" / "$1+1@x#y.png")
+    affine = np.diag([0.7, 0.4, 1.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 0.0]
+    nib.Nifti1Image(synthetic(4, 48, 56).T.copy(), affine).to_filename(root / "lateral.nii.gz")
+    shutil.copy(RG1, root / "rg1.dcm")
+    study, series = generate_uid(), generate_uid()
+    small = [write_dicom(root / f"series_{i}.dcm", synthetic(10 + i, 64, 56), study, series) for i in range(2)]
+    (root / "notes.txt").write_text("not an image, not listed")
+    bad = {
+        "truncated": root / "bad" / "truncated.dcm",
+        "not_dicom": root / "bad" / "not_dicom.dcm",
+        "constant": root / "bad" / "constant.png",
+        "transfer_syntax": root / "bad" / "mpeg2.dcm",
+        "empty": root / "bad" / "empty.png",
+    }
+    bad["truncated"].write_bytes(small[0].read_bytes()[:3000])
+    bad["not_dicom"].write_text("Patient report, not an image\n" * 20)
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(bad["constant"])
+    write_unsupported_syntax(bad["transfer_syntax"], small[0])
+    bad["empty"].write_bytes(b"")
+    good = sorted([root / "ward_a" / "chest.png", root / "ward_b" / "chest.png", root / "ward_b" / "pa.jpg",
+                   root / "ward_b" / "$1+1@x#y.png", root / "lateral.nii.gz", root / "rg1.dcm", *small])
+    return {"root": root, "good": good, "bad": bad, "affine": affine, "small_dicoms": small}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, folder) -> dict:
+    """A tiny ``model.pt`` whose statistics spread the scores and whose threshold splits them, and the score and
+    original-size anomaly map of every good input computed directly with its detector."""
+    detector = tiny_detector()
+    with torch.no_grad():
+        raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None])
+               for p in folder["good"]]
+    logits = torch.cat([r["disc_logit"] for r in raw])
+    errors = torch.cat([r["recon_error"] for r in raw])
+    detector.statistics.update(logits, errors)
+    expected = {p: direct(detector, p) for p in folder["good"]}
+    scores = sorted(score for score, _ in expected.values())
+    detector.statistics.threshold.fill_(scores[len(scores) // 2])
+    path = tmp_path_factory.mktemp("models") / "model.pt"
+    torch.save(detector.state_dict(), path)
+    return {"path": path, "expected": expected, "threshold": float(detector.statistics.threshold)}
+
+
+@pytest.fixture(scope="module")
+def results(folder, model) -> dict:
+    out = folder["root"] / "results"
+    wf = run(run_inference(folder["root"], out, model["path"], num_workers=1, batch_size=3))
+    return {"wf": wf, "out": out, "rows": read_csv(out / "anomaly_scores.csv")}
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+
+def test_config_properties_and_network_match_train(results) -> None:
+    assert results["wf"].check_properties() == []
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    infer.read_config(str(CONFIGS / "inference.json"))
+    # same network definitions, with the same ids and defaults for every hyperparameter they use
+    for train_id, infer_id in (("network_def", "generator_def"), ("discriminator_def", "discriminator_def")):
+        assert train[train_id] == infer[infer_id]
+        for ref in (v for v in train[train_id].values() if isinstance(v, str) and v.startswith("@")):
+            assert infer[ref[1:]] == train[ref[1:]], ref
+    assert infer["network_def"]["_target_"] == "scripts.detector.AnomalyDetector"
+    assert infer["score_kind"] == train["score_kind"]
+    # the same deterministic preprocessing as training and validation, only with a fault-tolerant loader
+    assert infer["preprocessing"]["transforms"][1:] == train["load_transforms"][1:]
+    assert infer["preprocessing"]["transforms"][0]["_target_"] == "scripts.inference.LoadRadiographOrErrord"
+    # streamed: a plain Dataset read by a DataLoader with workers, no cache of the whole folder
+    assert infer["dataset"]["_target_"] == "Dataset" and infer["num_workers"] > 0
+    assert infer["dataset_dir"] == "@input_dir"
+    assert infer["postprocessing"]["transforms"][0]["names"] == list(METADATA["network_data_format"]["outputs"])
+
+
+def test_csv_has_one_row_per_input_with_the_detectors_scores(results, folder, model) -> None:
+    rows = results["rows"]
+    assert set(rows) == {str(p) for p in folder["good"]} | {str(p) for p in folder["bad"].values()}
+    decisions = set()
+    for path in folder["good"]:
+        row = rows[str(path)]
+        expected_score, _ = model["expected"][path]
+        assert row["status"] == "ok"
+        assert float(row["score"]) == pytest.approx(expected_score, abs=1e-5)
+        assert float(row["threshold"]) == pytest.approx(model["threshold"], abs=1e-7)
+        assert row["decision"] == ("abnormal" if float(row["score"]) >= float(row["threshold"]) else "normal")
+        assert row["model_version"] == METADATA["version"] and row["score_kind"] == "reconstruction"
+        decisions.add(row["decision"])
+    assert decisions == {"normal", "abnormal"}
+
+
+def test_bad_files_are_reported_and_the_rest_processed(results, folder) -> None:
+    rows = results["rows"]
+    reasons = {"truncated": "", "not_dicom": "", "constant": "constant", "transfer_syntax": "transfer syntax",
+               "empty": "empty"}
+    for kind, path in folder["bad"].items():
+        row = rows[str(path)]
+        assert row["status"].startswith("error: ") and str(path) in row["status"], kind
+        assert reasons[kind] in row["status"], kind
+        assert row["score"] == row["decision"] == row["overlay"] == "", kind
+    assert all(rows[str(p)]["status"] == "ok" for p in folder["good"])
+    written = {p.name for p in results["out"].iterdir()}
+    assert not any(output_stem(p) in name for p in folder["bad"].values() for name in written)
+
+
+def test_anomaly_maps_have_the_inputs_size_orientation_and_values(results, folder, model) -> None:
+    rows, out = results["rows"], results["out"]
+    for path in folder["good"]:
+        row = rows[str(path)]
+        _, expected = model["expected"][path]  # rows x columns, as displayed
+        nifti = nib.load(out / row["anomaly_map"])
+        np.testing.assert_allclose(nifti.get_fdata().T, expected, atol=1e-5)
+        overlay = np.asarray(Image.open(out / row["overlay"]))
+        assert overlay.shape == (*expected.shape, 3) and overlay.dtype == np.uint8
+        affine = folder["affine"] if path.name.endswith(".nii.gz") else np.eye(4)
+        np.testing.assert_allclose(nifti.affine, affine, atol=1e-6)
+
+
+def test_outputs_are_uniquely_named_inside_the_output_folder(results, folder) -> None:
+    rows, out = results["rows"], results["out"]
+    a, b = (rows[str(folder["root"] / w / "chest.png")] for w in ("ward_a", "ward_b"))
+    assert a["overlay"] != b["overlay"] and a["anomaly_map"] != b["anomaly_map"]
+    assert a["overlay"].startswith("chest-") and b["overlay"].startswith("chest-")
+    named = [r[k] for r in rows.values() for k in ("overlay", "anomaly_map", "dicom_sc") if r[k]]
+    assert len(named) == len(set(named)) and all((out / n).is_file() for n in named)
+    assert sorted(p.name for p in out.iterdir()) == sorted(named + ["anomaly_scores.csv"])
+    # nothing was written beside the inputs
+    inputs = {p for p in folder["root"].rglob("*") if p.is_file() and out not in p.parents}
+    assert inputs == set(folder["good"]) | set(folder["bad"].values()) | {folder["root"] / "notes.txt"}
+
+
+def test_dicom_inputs_get_a_secondary_capture_in_their_study(results, folder) -> None:
+    rows, out = results["rows"], results["out"]
+    captures = {}
+    for path in [folder["root"] / "rg1.dcm", *folder["small_dicoms"]]:
+        row = rows[str(path)]
+        source, sc = pydicom.dcmread(path), pydicom.dcmread(out / row["dicom_sc"])
+        assert sc.SOPClassUID == SecondaryCaptureImageStorage and sc.Modality == "OT"
+        assert sc.file_meta.MediaStorageSOPInstanceUID == sc.SOPInstanceUID
+        for keyword in ("PatientName", "PatientID", "StudyInstanceUID"):
+            assert sc[keyword].value == source[keyword].value, keyword
+        assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.SOPInstanceUID != source.SOPInstanceUID
+        assert sc.SeriesInstanceUID.is_valid and sc.SOPInstanceUID.is_valid
+        for sequence in ("ReferencedImageSequence", "SourceImageSequence"):
+            reference = sc[sequence][0]
+            assert reference.ReferencedSOPClassUID == source.SOPClassUID
+            assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert sc.ConversionType == "WSD" and sc.SecondaryCaptureDeviceManufacturer
+        assert (sc.SamplesPerPixel, sc.PhotometricInterpretation, sc.BitsAllocated) == (3, "RGB", 8)
+        assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+        np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(out / row["overlay"])))
+        assert row["decision"] in sc.ImageComments
+        captures[path] = sc
+    first, second = (captures[p] for p in folder["small_dicoms"])
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID  # one derived series per source series
+    assert captures[folder["root"] / "rg1.dcm"].SeriesInstanceUID != first.SeriesInstanceUID
+    non_dicom = [p for p in folder["good"] if p.suffix != ".dcm"]
+    assert all(rows[str(p)]["dicom_sc"] == "" for p in non_dicom)
+
+
+def test_overlay_shows_the_radiograph_where_the_map_is_zero_and_the_colour_map_at_vmax() -> None:
+    grey = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    np.testing.assert_array_equal(render_overlay(grey, np.zeros_like(grey)),
+                                  np.repeat(np.rint(grey * 255).astype(np.uint8)[..., None], 3, -1))
+    hot = render_overlay(grey, np.full_like(grey, 0.5), vmax=0.25, alpha=0.6, cmap="jet")
+    colour = np.asarray(matplotlib.colormaps["jet"](1.0)[:3])
+    expected = 0.4 * grey[..., None] + 0.6 * colour
+    np.testing.assert_allclose(hot, np.rint(expected * 255), atol=1)
+    # the same as MONAI's blend_images with the value-dependent opacity
+    anomaly_map = np.random.default_rng(0).random(grey.shape, dtype=np.float32) * 0.3
+    level = np.clip(anomaly_map / 0.25, 0, 1)[None]
+    blended = blend_images(grey[None], level, alpha=0.6 * level, cmap="jet", rescale_arrays=False,
+                           transparent_background=False)
+    reference = np.rint(np.moveaxis(blended, 0, -1) * 255)
+    assert np.abs(render_overlay(grey, anomaly_map).astype(float) - reference).max() <= 1
+
+
+def test_existing_csv_is_not_overwritten_unless_asked(tmp_path, model) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(2):
+        Image.fromarray(np.rint(synthetic(20 + i) * 255).astype(np.uint8)).save(inputs / f"x{i}.png")
+    out = inputs / "results"  # inside the input folder: its files must never be scored
+    run(run_inference(inputs, out, model["path"]))
+    csv_path = out / "anomaly_scores.csv"
+    before = csv_path.read_bytes()
+    with pytest.raises(Exception) as info:
+        run(run_inference(inputs, out, model["path"], overwrite="false"))  # as `--overwrite false` passes it
+    assert any(isinstance(e, FileExistsError) and str(csv_path) in str(e) and "--overwrite true" in str(e)
+               for e in exception_chain(info.value))
+    assert csv_path.read_bytes() == before
+    run(run_inference(inputs, out, model["path"], overwrite="true", map_suffix=".nii"))  # `--overwrite true`
+    rows = read_csv(csv_path)
+    assert set(rows) == {str(inputs / "x0.png"), str(inputs / "x1.png")}
+    maps = [r["anomaly_map"] for r in rows.values()]
+    assert all(m.endswith("_anomaly_map.nii") and (out / m).is_file() for m in maps)
+
+
+def test_missing_checkpoint_names_the_file_and_what_to_do(tmp_path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(np.rint(synthetic(5) * 255).astype(np.uint8)).save(inputs / "x.png")
+    missing = tmp_path / "no_such_model.pt"
+    with pytest.raises(Exception) as info:
+        run(run_inference(inputs, tmp_path / "out", missing))
+    assert any(isinstance(e, FileNotFoundError) and str(missing) in str(e) and "train first" in str(e)
+               for e in exception_chain(info.value))
+    assert not (tmp_path / "out" / "anomaly_scores.csv").exists()
+
+
+def test_failed_load_gives_a_placeholder_that_collates(tmp_path) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(np.rint(synthetic(6, 50, 40) * 255).astype(np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    transform = Compose([LoadRadiographOrErrord("image"), Resized("image", (32, 32), mode="area")])
+    items = [transform({"image": str(p)}) for p in (good, bad)]
+    assert items[0]["error"] == "" and str(bad) in items[1]["error"]
+    batch = list_data_collate(items)
+    assert batch["image"].shape == (2, 1, 32, 32) and float(batch["image"][1].abs().sum()) == 0.0
+    assert batch["image"].meta["filename_or_obj"] == [str(good), str(bad)]
+    assert batch["image"].meta["spatial_shape"][0].tolist() == [50, 40]
+
+
+def test_list_inputs_from_folder_datalist_and_errors(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("sub/b.png", "a.dcm", "c.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "._a.png").write_bytes(b"x")  # macOS resource fork
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old_overlay.png").write_bytes(b"x")
+    listed = [d["image"] for d in list_inputs(tmp_path, exclude=[tmp_path / "out"])]
+    assert listed == [str(tmp_path / n) for n in ("a.dcm", "c.nii.gz", "sub/b.png")]
+
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": "sub/b.png", "label": 1}, {"image": "sub/b.png"}],
+                                    "training": [{"image": "a.dcm"}]}))
+    assert list_inputs(datalist) == [{"image": str(tmp_path / "sub" / "b.png")}]
+    assert list_inputs(datalist, datalist_key="training") == [{"image": str(tmp_path / "a.dcm")}]
+    with pytest.raises(ValueError, match="validation"):
+        list_inputs(datalist, datalist_key="validation")
+    with pytest.raises(FileNotFoundError, match="--input_dir"):
+        list_inputs(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        list_inputs(tmp_path / "empty")
+
+
+def test_output_stem_is_safe_unique_and_stable() -> None:
+    a, b = output_stem("/data/a/chest.png"), output_stem("/data/b/chest.png")
+    assert a != b and a.startswith("chest-") and a == output_stem("/data/a/chest.png")
+    for hostile in ("/x/../../etc/passwd", "/x/.hidden.dcm", "/x/ä b;rm -rf $(x).nii.gz", "/x/..png",
+                    "/x/\\..\\y.png"):
+        stem = output_stem(hostile)
+        assert stem and "/" not in stem and "\\" not in stem and not stem.startswith(".")
+        assert set(stem) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    assert output_stem("/x/scan.nii.gz").startswith("scan-")
