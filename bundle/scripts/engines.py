@@ -11,10 +11,11 @@ from ignite.metrics import Metric
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.inferers import Inferer, SimpleInferer
-from monai.utils import ForwardMode
+from monai.utils import ForwardMode, convert_to_tensor
 from torch.optim import Optimizer
 
 from .detector import AnomalyDetector
+from .workflow import as_bool
 
 __all__ = ["autocast_context", "unwrap", "SimSIDTrainer", "AnomalyEvaluator", "loss_terms", "auc_inputs"]
 
@@ -25,8 +26,11 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def autocast_context(device: torch.device | str, amp: bool, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``device`` when ``amp``; bf16 by default (CPU, and GPUs that support it), else fp16."""
-    if not amp:
+    """``torch.autocast`` for ``device`` when ``amp``; bf16 by default (CPU, and GPUs that support it), else fp16.
+
+    ``amp`` may be the ``"true"``/``"false"`` string of the command line (:func:`scripts.workflow.as_bool`).
+    """
+    if not as_bool(amp, "amp"):
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     if dtype is None:
@@ -63,7 +67,8 @@ class SimSIDTrainer(Trainer):
         train_data_loader: yields dicts with ``"image"`` B x 1 x H x W in [0, 1].
         generator: SimSID generator (``forward`` returns a dict, ``write_memory(queries)``); may be wrapped
             in ``DistributedDataParallel``.
-        discriminator: B x 1 x H x W -> B x 1 logits.
+        discriminator: B x 1 x H x W -> B x 1 logits; may be wrapped in ``DistributedDataParallel`` (only the
+            discriminator step goes through the wrapper, the generator step uses the module inside).
         g_optimizer, d_optimizer: optimisers of the two networks.
         g_loss_function: ``(outputs, target, fake_logits) -> dict`` of named terms with ``"total"``.
         d_loss_function: ``(real_logits, fake_logits) -> loss``.
@@ -113,8 +118,8 @@ class SimSIDTrainer(Trainer):
         self.d_loss_function = d_loss_function
         self.n_critic = n_critic
         self.inferer = SimpleInferer() if inferer is None else inferer
-        self.use_amp = amp
-        use_scaler = amp and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.use_amp = as_bool(amp, "amp")
+        use_scaler = self.use_amp and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
         self.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     def _step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
@@ -130,6 +135,8 @@ class SimSIDTrainer(Trainer):
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         x, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        # plain tensors: training needs no metadata, and batched metadata breaks the gathered memory writes
+        x = convert_to_tensor(x, track_meta=False)
         g_step = (engine.state.iteration - 1) % engine.n_critic == 0
         engine.generator.train()
         engine.discriminator.train()
@@ -149,8 +156,9 @@ class SimSIDTrainer(Trainer):
             engine.g_optimizer.zero_grad(set_to_none=True)
             engine.discriminator.requires_grad_(False)
             try:
+                # the unwrapped discriminator: a DDP forward here would leave its reducer waiting for gradients
                 with autocast:
-                    terms = engine.g_loss_function(outputs, x, engine.discriminator(recon))
+                    terms = engine.g_loss_function(outputs, x, unwrap(engine.discriminator)(recon))
                 engine._step(terms["total"], engine.g_optimizer)
             finally:
                 engine.discriminator.requires_grad_(True)
@@ -203,7 +211,7 @@ class AnomalyEvaluator(Evaluator):
         )
         self.network = network
         self.inferer = SimpleInferer() if inferer is None else inferer
-        self.use_amp = amp
+        self.use_amp = as_bool(amp, "amp")
 
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:

@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 
 from .detector import SCORE_KINDS, AnomalyDetector
+from .distributed import gather_objects
 from .engines import autocast_context, unwrap
 from .metrics import best_accuracy_operating_point, detection_metrics
+from .workflow import as_bool
 from .plots import save_case_grid, save_roc_curve, save_score_histogram
 
 __all__ = ["compute_score_statistics", "ScoreStatisticsHandler", "ScoreCollector", "ThresholdSelector", "EvaluationReport"]
@@ -36,14 +39,16 @@ def compute_score_statistics(
     """Measure the score-normalisation statistics over up to ``max_images`` training images.
 
     The detector runs in eval mode on un-augmented normal training images; its ``statistics`` buffers
-    receive the mean and std of the discriminator logit and of the reconstruction error.
+    receive the mean and std of the discriminator logit and of the reconstruction error. Under
+    ``torch.distributed`` give each rank its shard of the images: the raw scores of all ranks are gathered,
+    so every rank gets the statistics of the whole set. Every rank must call it.
     """
     detector = unwrap(detector)
     was_training = detector.training
     detector.eval()
     disc, recon, seen = [], [], 0
     for batch in data_loader:
-        x = batch["image"].to(device)[: max_images - seen]
+        x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: max_images - seen]
         with autocast_context(device, amp):
             raw = detector.raw_scores(x)
         disc.append(raw["disc_logit"].float().cpu())
@@ -52,9 +57,12 @@ def compute_score_statistics(
         if seen >= max_images:
             break
     detector.train(was_training)
+    disc_all = evenly_divisible_all_gather(torch.cat(disc) if disc else torch.zeros(0), concat=True)[:max_images]
+    recon_all = evenly_divisible_all_gather(torch.cat(recon) if recon else torch.zeros(0), concat=True)[:max_images]
+    seen = disc_all.shape[0]
     if seen == 0:
         raise ValueError("no training images to compute the score statistics from.")
-    detector.statistics.update(torch.cat(disc), torch.cat(recon))
+    detector.statistics.update(disc_all, recon_all)
     logger.info(
         "score statistics over %d training images: disc logit %.4f +- %.4f, recon error %.4f +- %.4f",
         seen, *(float(v) for v in (detector.statistics.mean[0], detector.statistics.std[0],
@@ -106,7 +114,12 @@ class ScoreCollector:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._gather)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def _gather(self, engine: Engine) -> None:
+        """Under ``torch.distributed``, every rank gets the rows of all ranks (each rank scored its shard)."""
+        self.rows = gather_objects(self.rows)
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
@@ -162,10 +175,32 @@ class EvaluationReport(ScoreCollector):
         output_dir: destination folder (created).
         detector: the evaluated detector (for its score kind and stored threshold).
         cases_per_group: how many images per group in ``cases.png``.
+        overwrite: replace the files of an earlier evaluation in ``output_dir`` (``"true"``/``"false"``
+            strings are read as booleans).
+
+    Raises:
+        FileExistsError: ``output_dir`` already holds one of the files and ``overwrite`` is not set; raised
+            when the report is created, before any image is scored.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, detector: AnomalyDetector, cases_per_group: int = 3) -> None:
+    FILES: tuple[str, ...] = ("metrics.json", "scores.csv", "roc.png", "score_histogram.png", "cases.png")
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        detector: AnomalyDetector,
+        cases_per_group: int = 3,
+        overwrite: bool = False,
+    ) -> None:
         super().__init__()
+        overwrite = as_bool(overwrite, "overwrite")
+        existing = [name for name in self.FILES if (Path(output_dir) / name).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{output_dir} already holds the results of an earlier evaluation ({', '.join(existing)}). "
+                "Write this one elsewhere with '--eval_output_dir <new folder>', or replace them with "
+                "'--overwrite true'."
+            )
         self.output_dir = Path(output_dir)
         self.detector = detector
         self.cases_per_group = cases_per_group
