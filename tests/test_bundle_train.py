@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from bundle_utils import TINY, run, workflow
+from monai.bundle import ConfigParser
+
+from bundle_utils import BUNDLE, CONFIGS, TINY, run, workflow
 from scripts.checkpoint import load_checkpoint
 from scripts.synthetic import write_synthetic_dataset
 
@@ -52,8 +54,9 @@ def _epoch(checkpoint):
     return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
 
 
-def test_train_config_has_standard_properties(dataset):
-    wf = workflow(["train.json"], "train", "training", **TINY, dataset_dir=str(dataset), epochs=7, val_interval=3)
+def test_train_config_has_standard_properties(dataset, tmp_path):
+    wf = workflow(["train.json"], "train", "training", **TINY, dataset_dir=str(dataset), epochs=7, val_interval=3,
+                  ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"))
     wf.initialize()
     assert wf.check_properties() in (None, [])
     # the optional ids the bundle has follow MONAI's standard names
@@ -84,9 +87,10 @@ def test_training_writes_checkpoints_that_round_trip(trained):
     assert bool(latest["score_statistics"]["ready"])
 
     # model.pt loads into a fresh detector built from the config and reproduces its scores
-    fresh = workflow(["train.json"], "train", "training", **TINY)
-    fresh.initialize()
-    detector = fresh.parser.get_parsed_content("detector")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE), **TINY})
+    detector = parser.get_parsed_content("detector")
     missing = detector.load_state_dict(load_checkpoint(ckpt_dir / "model.pt"))
     assert not missing.missing_keys and not missing.unexpected_keys
     trained_detector = wf.parser.get_parsed_content("detector").eval()

@@ -14,8 +14,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from .distributed import is_main_process
+from .workflow import as_bool
 
-__all__ = ["save_atomic", "load_checkpoint", "RNGState", "TrainingCheckpointer"]
+__all__ = ["save_atomic", "load_checkpoint", "check_new_run", "RNGState", "TrainingCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return dict(ckpt)
 
 
+def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse a run whose ``ckpt_dir`` holds an earlier run's checkpoints, unless it resumes or overwrites them.
+
+    The train configs call it first thing in ``initialize``, so a refused run stops before it reads any data or
+    writes anything; :class:`TrainingCheckpointer` checks again. ``resume`` and ``overwrite`` may be the
+    ``"true"``/``"false"`` strings of the command line (:func:`scripts.workflow.as_bool`).
+
+    Raises:
+        FileExistsError: ``ckpt_dir`` holds ``checkpoint_latest.pt``, ``checkpoint_best.pt`` or ``model.pt`` and
+            neither ``resume`` nor ``overwrite`` is set: a new run never silently replaces a trained model.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
+    existing = [n for n in (LATEST_NAME, BEST_NAME, MODEL_NAME) if (ckpt_dir / n).exists()]
+    if existing and not (resume or overwrite):
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({', '.join(existing)}). "
+            "Continue that run with '--resume true', write this one elsewhere with '--ckpt_dir <new folder>', "
+            "or replace them with '--overwrite true'."
+        )
+
+
 class RNGState:
     """The Python, NumPy and torch random-generator states as a stateful object for checkpoints.
 
@@ -106,8 +129,13 @@ class TrainingCheckpointer:
             the trainer engine, :class:`RNGState`, the score statistics).
         detector: the module whose state dict is ``model.pt``.
         key_metric_name: the evaluator metric to maximise; ``None`` to use the evaluator's key metric.
-        resume: this run continues the checkpoints in ``ckpt_dir`` (they may exist).
-        overwrite: allow a new run to replace the checkpoints of an earlier run in ``ckpt_dir``.
+        resume: this run continues the checkpoints in ``ckpt_dir`` (they may exist); ``"true"``/``"false"``
+            strings from the command line are read as booleans (:func:`scripts.workflow.as_bool`).
+        overwrite: allow a new run to replace the checkpoints of an earlier run in ``ckpt_dir``; read like
+            ``resume``.
+
+    Partial temporary files that a run killed during a write left in ``ckpt_dir`` are deleted (with a
+    warning) when the checkpointer is created.
 
     Raises:
         FileExistsError: ``ckpt_dir`` holds checkpoints of an earlier run and neither ``resume`` nor
@@ -124,18 +152,21 @@ class TrainingCheckpointer:
         overwrite: bool = False,
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir)
-        existing = [self.ckpt_dir / n for n in (LATEST_NAME, BEST_NAME, MODEL_NAME) if (self.ckpt_dir / n).exists()]
-        if existing and not (resume or overwrite):
-            raise FileExistsError(
-                f"{self.ckpt_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}). "
-                "Continue that run with '--resume true', write this one elsewhere with '--ckpt_dir <new folder>', "
-                "or replace them with '--overwrite true'."
-            )
+        check_new_run(self.ckpt_dir, resume, overwrite)
+        if is_main_process():
+            self._remove_partial_files()
         self.save_dict = dict(save_dict)
         self.detector = detector
         self.key_metric_name = key_metric_name
         self.best_metric = -float("inf")
         self.best_epoch = -1
+
+    def _remove_partial_files(self) -> None:
+        """Delete the temporary files of :func:`save_atomic` that an interrupted run left behind."""
+        for name in (LATEST_NAME, BEST_NAME, MODEL_NAME):
+            for partial in self.ckpt_dir.glob(f".{name}.*.tmp"):
+                logger.warning("removing %s: a partial checkpoint left by an interrupted run.", partial)
+                partial.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}

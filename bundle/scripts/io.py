@@ -95,6 +95,7 @@ class LoadRadiographd(MapTransform):
         allow_missing_keys: do not raise if a key is missing.
         min_side: see :class:`LoadRadiograph`.
         max_aspect_ratio: see :class:`LoadRadiograph`.
+        extra_hint: appended to the remedy of every load error, e.g. what to do about a bad file of a data set.
     """
 
     def __init__(
@@ -104,12 +105,20 @@ class LoadRadiographd(MapTransform):
         allow_missing_keys: bool = False,
         min_side: int = 16,
         max_aspect_ratio: float = 4.0,
+        extra_hint: str = "",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadRadiograph(max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio)
+        self.extra_hint = extra_hint
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            try:
+                d[key] = self.loader(d[key])
+            except RadiographLoadError as e:
+                if not self.extra_hint:
+                    raise
+                hint = f"{e.hint}, {self.extra_hint}" if e.hint else self.extra_hint
+                raise RadiographLoadError(e.path, e.reason, hint) from e
         return d
