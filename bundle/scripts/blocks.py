@@ -17,12 +17,13 @@ from torch import Tensor, nn
 __all__ = ["patchify", "unpatchify", "binary_position_code", "conv_norm_act", "SEResBlock", "UpBlock"]
 
 
-def patchify(x: Tensor, num_patch: int) -> Tensor:
+def patchify(x: Tensor, num_patch: int, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
     """Split images into ``num_patch x num_patch`` non-overlapping patches.
 
     Args:
         x: ``B x C x H x W`` with ``H`` and ``W`` divisible by ``num_patch``.
         num_patch: patches per image side.
+        memory_format: layout of the result (``torch.contiguous_format`` or ``torch.channels_last``).
 
     Returns:
         ``(B * P) x C x (H / num_patch) x (W / num_patch)``; patch ``p`` of image ``b`` is row
@@ -30,14 +31,20 @@ def patchify(x: Tensor, num_patch: int) -> Tensor:
     """
     b, c, h, w = x.shape
     ph, pw = h // num_patch, w // num_patch
+    if memory_format == torch.channels_last:
+        x = x.permute(0, 2, 3, 1).reshape(b, num_patch, ph, num_patch, pw, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b * num_patch * num_patch, ph, pw, c).permute(0, 3, 1, 2)
     x = x.reshape(b, c, num_patch, ph, num_patch, pw).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b * num_patch * num_patch, c, ph, pw)
 
 
-def unpatchify(x: Tensor, num_patch: int) -> Tensor:
+def unpatchify(x: Tensor, num_patch: int, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
     """Inverse of :func:`patchify`: ``(B * P) x C x h x w`` -> ``B x C x (h * num_patch) x (w * num_patch)``."""
     n, c, ph, pw = x.shape
     b = n // (num_patch * num_patch)
+    if memory_format == torch.channels_last:
+        x = x.permute(0, 2, 3, 1).reshape(b, num_patch, num_patch, ph, pw, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, num_patch * ph, num_patch * pw, c).permute(0, 3, 1, 2)
     x = x.reshape(b, num_patch, num_patch, c, ph, pw).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c, num_patch * ph, num_patch * pw)
 
@@ -72,6 +79,191 @@ def conv_norm_act(
     )
 
 
+def _lean_training(module: nn.Module) -> bool:
+    """Whether ``module`` runs the memory-lean training path (training mode with autograd recording)."""
+    return module.training and torch.is_grad_enabled()
+
+
+def _folded_inference(module: nn.Module) -> bool:
+    """Whether ``module`` runs the inference path with BatchNorm folded into the convolutions (eval mode)."""
+    return not module.training
+
+
+def _conv_bn_folded(layer: Convolution, x: Tensor) -> Tensor:
+    """``BN(conv(x))`` of a conv-BN(-act) ``layer`` in eval mode, as one convolution with the BN folded in."""
+    conv, bn = layer.conv, layer.adn.N
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], bias, *_conv_args(conv))
+
+
+def _bn_update_momentum(bn: nn.BatchNorm2d) -> float:
+    """Count a training batch and return its running-statistics momentum, as ``nn.BatchNorm2d`` does."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def _bn_affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-channel ``scale, shift`` (``C x 1 x 1``) with ``BN(c) = c * scale + shift`` for batch statistics."""
+    scale = invstd * weight
+    shift = bias - mean * scale
+    return scale.to(dtype)[:, None, None], shift.to(dtype)[:, None, None]
+
+
+def _conv_args(conv: nn.Conv2d) -> tuple:
+    """``stride, padding, dilation, groups`` of ``conv``, in ``F.conv2d``'s order."""
+    return conv.stride, conv.padding, conv.dilation, conv.groups
+
+
+def _backward_args(conv_args: tuple) -> tuple:
+    """``aten.convolution_backward``'s arguments after ``bias_sizes`` for a non-transposed convolution."""
+    stride, padding, dilation, groups = conv_args
+    return stride, padding, dilation, False, [0, 0], groups
+
+
+class _BatchNormReLUConv(torch.autograd.Function):
+    """``z = conv(ReLU(BN(c)))`` with BN on batch statistics, keeping only ``c`` for backward.
+
+    ``y = ReLU(BN(c))`` is recomputed in backward (one elementwise pass) instead of being stored next
+    to ``c``, which halves the activations these layers keep. With ``return_act`` ``y`` is returned as a
+    second output (for the residual shortcut); its gradient is added to the convolution's.
+    Runs in the dtype of ``c`` (so after an autocast convolution, in the autocast dtype).
+    """
+
+    @staticmethod
+    def forward(ctx, c, bn_weight, bn_bias, conv_weight, bn, conv, return_act):
+        with torch.autocast(device_type=c.device.type, enabled=False):
+            momentum = _bn_update_momentum(bn)
+            y, mean, invstd = torch.ops.aten.native_batch_norm(
+                c, bn_weight, bn_bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
+            )
+            y = y.relu_()
+            z = F.conv2d(y, conv_weight.to(c.dtype), None, *_conv_args(conv))
+        ctx.save_for_backward(c, bn_weight, bn_bias, conv_weight, mean, invstd)
+        ctx.eps, ctx.conv_args = bn.eps, _conv_args(conv)
+        ctx.set_materialize_grads(False)
+        return (z, y) if return_act else z
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_y=None):
+        c, bn_weight, bn_bias, conv_weight, mean, invstd = ctx.saved_tensors
+        with torch.autocast(device_type=c.device.type, enabled=False):
+            scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd, c.dtype)
+            y = torch.addcmul(shift, c, scale).relu_()
+            grad_act, grad_conv_weight, _ = torch.ops.aten.convolution_backward(
+                grad_z, y, conv_weight.to(c.dtype), None, *_backward_args(ctx.conv_args),
+                [True, ctx.needs_input_grad[3], False],
+            )
+            if grad_y is not None:
+                grad_act += grad_y
+            torch.ops.aten.threshold_backward.grad_input(grad_act, y, 0, grad_input=grad_act)  # ReLU, in place
+            del y
+            grad_c, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_act, c, bn_weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
+            )
+        if grad_conv_weight is not None:
+            grad_conv_weight = grad_conv_weight.to(conv_weight.dtype)
+        return grad_c, grad_bn_weight, grad_bn_bias, grad_conv_weight, None, None, None
+
+
+class _BatchNorm(torch.autograd.Function):
+    """``b = BN(c)`` with batch statistics, keeping only ``c`` (not ``b``) for backward.
+
+    Also returns the batch ``mean, invstd`` (not differentiable) so a consumer can recompute ``b``.
+    """
+
+    @staticmethod
+    def forward(ctx, c, bn_weight, bn_bias, bn):
+        with torch.autocast(device_type=c.device.type, enabled=False):
+            momentum = _bn_update_momentum(bn)
+            b, mean, invstd = torch.ops.aten.native_batch_norm(
+                c, bn_weight, bn_bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
+            )
+        ctx.save_for_backward(c, bn_weight, mean, invstd)
+        ctx.eps = bn.eps
+        ctx.mark_non_differentiable(mean, invstd)
+        return b, mean, invstd
+
+    @staticmethod
+    def backward(ctx, grad_b, _grad_mean, _grad_invstd):
+        c, bn_weight, mean, invstd = ctx.saved_tensors
+        with torch.autocast(device_type=c.device.type, enabled=False):
+            grad_c, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_b, c, bn_weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
+            )
+        return grad_c, grad_weight, grad_bias, None
+
+
+class _ScaleAddReLU(torch.autograd.Function):
+    """``out = ReLU(b * s + r)`` (SE recalibration + residual), recomputing ``b = c * scale + shift`` in backward.
+
+    ``b``: ``N x C x H x W``, ``s``: ``N x C x 1 x 1``, ``r``: like ``b``; ``c, scale, shift`` rebuild ``b``
+    and receive no gradient. Keeps ``c`` (already kept by the BatchNorm before) and ``out``.
+    """
+
+    @staticmethod
+    def forward(ctx, b, s, r, c, scale, shift):
+        out = torch.addcmul(r, b, s).relu_()
+        ctx.save_for_backward(c, scale, shift, s, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        c, scale, shift, s, out = ctx.saved_tensors
+        grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
+        b = torch.addcmul(shift, c, scale)
+        grad_s = (grad_sum * b).sum(dim=(2, 3), keepdim=True)
+        return grad_sum * s, grad_s, grad_sum, None, None, None
+
+
+class _UpsampleConcatConv(torch.autograd.Function):
+    """``c = conv([skip,] upsample2x(x))``, recomputing the upsampled (and concatenated) input in backward.
+
+    Keeps ``x`` (low resolution) and ``skip`` (kept by the encoder anyway) instead of the
+    full-resolution convolution input.
+    """
+
+    @staticmethod
+    def forward(ctx, x, skip, conv_weight, conv):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            inputs = _upsample_concat(x, skip)
+            c = F.conv2d(inputs, conv_weight.to(inputs.dtype), None, *_conv_args(conv))
+        ctx.save_for_backward(x, skip, conv_weight)
+        ctx.conv_args = _conv_args(conv)
+        return c
+
+    @staticmethod
+    def backward(ctx, grad_c):
+        x, skip, conv_weight = ctx.saved_tensors
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            inputs = _upsample_concat(x, skip)
+            grad_inputs, grad_weight, _ = torch.ops.aten.convolution_backward(
+                grad_c, inputs, conv_weight.to(inputs.dtype), None, *_backward_args(ctx.conv_args),
+                [True, ctx.needs_input_grad[2], False],
+            )
+            del inputs
+            grad_skip = None
+            if skip is not None:
+                grad_skip, grad_inputs = grad_inputs.split([skip.shape[1], x.shape[1]], dim=1)
+                grad_skip = grad_skip if ctx.needs_input_grad[1] else None
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.ops.aten.upsample_bilinear2d_backward(
+                    grad_inputs.contiguous(), list(grad_inputs.shape[-2:]), list(x.shape), False, None, None
+                ).to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(conv_weight.dtype)
+        return grad_x, grad_skip, grad_weight, None
+
+
+def _upsample_concat(x: Tensor, skip: Tensor | None) -> Tensor:
+    """Bilinear 2x upsampling of ``x`` (``align_corners=False``), then ``[skip, x]`` when a skip is given."""
+    x = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
+    return x if skip is None else torch.cat([skip.to(x.dtype), x], dim=1)
+
+
 class SEResBlock(nn.Module):
     """Residual block with channel-wise recalibration (HCASC's "double conv" with squeeze-and-excitation).
 
@@ -79,6 +271,12 @@ class SEResBlock(nn.Module):
     ``out = ReLU(SE(conv3x3-BN-ReLU-conv3x3-BN(y)) + y)``. The SE layer is MONAI's
     :class:`~monai.networks.blocks.ChannelSELayer` with ``out_channels // se_reduction`` hidden units
     (at least 1).
+
+    In training (with autograd recording) the same computation runs through memory-lean autograd
+    functions: only the block input, the three convolution outputs and the block output are kept for
+    backward, and the BatchNorm/ReLU/SE results are recomputed elementwise in backward. In eval mode
+    each BatchNorm is folded into its convolution. Otherwise (training without autograd) the plain
+    MONAI modules run.
 
     Args:
         in_channels: input channels.
@@ -98,24 +296,44 @@ class SEResBlock(nn.Module):
         self.se = ChannelSELayer(spatial_dims=2, in_channels=out_channels, r=min(se_reduction, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = self.conv_in(x)
-        out = self.se(self.conv_body(shortcut))
-        return torch.relu_(out + shortcut)
+        if _lean_training(self):
+            return self.forward_from_conv(self.conv_in.conv(x))
+        if _folded_inference(self):
+            shortcut = _conv_bn_folded(self.conv_in, x).relu_()
+            out = _conv_bn_folded(self.conv_body[1], _conv_bn_folded(self.conv_body[0], shortcut).relu_())
+        else:
+            shortcut = self.conv_in(x)
+            out = self.conv_body(shortcut)
+        return self.se(out).add_(shortcut).relu_()
+
+    def forward_from_conv(self, c1: Tensor) -> Tensor:
+        """Memory-lean training computation from the first convolution's output ``c1`` (before its BN)."""
+        bn1, conv2 = self.conv_in.adn.N, self.conv_body[0].conv
+        bn2, conv3 = self.conv_body[0].adn.N, self.conv_body[1].conv
+        bn3 = self.conv_body[1].adn.N
+        c2, shortcut = _BatchNormReLUConv.apply(c1, bn1.weight, bn1.bias, conv2.weight, bn1, conv2, True)
+        c3 = _BatchNormReLUConv.apply(c2, bn2.weight, bn2.bias, conv3.weight, bn2, conv3, False)
+        b3, mean3, invstd3 = _BatchNorm.apply(c3, bn3.weight, bn3.bias, bn3)
+        n, c = b3.shape[:2]
+        scale = self.se.fc(b3.mean(dim=(2, 3))).view(n, c, 1, 1)
+        with torch.no_grad():
+            bn_scale, bn_shift = _bn_affine(bn3.weight, bn3.bias, mean3, invstd3, c3.dtype)
+        return _ScaleAddReLU.apply(b3, scale.to(b3.dtype), shortcut, c3, bn_scale, bn_shift)
 
 
 class UpBlock(nn.Module):
-    """Decoder level: bilinear upsampling to the skip's size, skip operation, then :class:`SEResBlock`.
+    """Decoder level: bilinear 2x upsampling, skip operation, then :class:`SEResBlock`.
 
     Args:
         in_channels: channels of the input feature.
         skip_channels: channels of the skip feature (used by ``op="concat"`` only).
         out_channels: output channels.
-        op: ``"concat"`` concatenates ``[skip, upsampled]``; ``"none"`` ignores the skip's content
-            (it only gives the target size), so the shallow levels cannot copy the input.
+        op: ``"concat"`` concatenates ``[skip, upsampled]``; ``"none"`` has no skip, so the shallow
+            levels cannot copy the input.
         se_reduction: reduction ratio of the SE layer.
 
-    Shapes: ``x: N x in_channels x h x w``, ``skip: N x skip_channels x H x W`` ->
-    ``N x out_channels x H x W``.
+    Shapes: ``x: N x in_channels x h x w``, ``skip: N x skip_channels x 2h x 2w`` (``None`` for ``"none"``)
+    -> ``N x out_channels x 2h x 2w``.
     """
 
     def __init__(
@@ -128,8 +346,10 @@ class UpBlock(nn.Module):
         block_in = in_channels + skip_channels if op == "concat" else in_channels
         self.block = SEResBlock(block_in, out_channels, se_reduction=se_reduction)
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        if self.op == "concat":
-            x = torch.cat([skip, x], dim=1)
-        return self.block(x)
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        if (skip is None) == (self.op == "concat"):
+            raise ValueError(f"op {self.op!r} {'needs' if skip is None else 'takes no'} skip feature.")
+        if _lean_training(self):
+            conv = self.block.conv_in.conv
+            return self.block.forward_from_conv(_UpsampleConcatConv.apply(x, skip, conv.weight, conv))
+        return self.block(_upsample_concat(x, skip))

@@ -74,7 +74,7 @@ def _check_shrinkage(shrink_thres: float, num_slots: int) -> None:
 def memory_read(queries: Tensor, memory: Tensor, shrink_thres: float) -> Tensor:
     """Read every memory block at once: ``out[b, p] = shrink(q[b, p] . M[p]^T) . M[p]``.
 
-    Runs in fp32 with autocast disabled, whatever the surrounding precision.
+    Runs in at least fp32 with autocast disabled, whatever the surrounding precision.
 
     Args:
         queries: ``B x P x C`` one query per batch item and memory block.
@@ -82,10 +82,11 @@ def memory_read(queries: Tensor, memory: Tensor, shrink_thres: float) -> Tensor:
         shrink_thres: see :func:`shrink_weights`.
 
     Returns:
-        ``B x P x C`` in fp32.
+        ``B x P x C`` in fp32 (fp64 for fp64 inputs).
     """
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
     with torch.autocast(device_type=queries.device.type, enabled=False):
-        queries, memory = queries.float(), memory.float()
+        queries, memory = queries.to(dtype), memory.to(dtype)
         weights = shrink_weights(torch.einsum("bpc,psc->bps", queries, memory), shrink_thres)
         return torch.einsum("bps,psc->bpc", weights, memory)
 
