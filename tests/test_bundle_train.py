@@ -66,6 +66,14 @@ def test_train_config_has_standard_properties(dataset, tmp_path):
     assert wf.max_epochs == 7 and wf.val_interval == 3  # epochs reach train#trainer#max_epochs
 
 
+@pytest.mark.parametrize("device, fused", [("cpu", True), ("meta", False)])
+def test_adam_is_fused_where_torch_has_the_kernel(device, fused, tmp_path):
+    """The single-kernel Adam (faster, no per-step temporaries the size of the model) on CPU/CUDA, for-loop elsewhere."""
+    wf = workflow(["train.json"], "train", "training", **{**TINY, "device": device})
+    for name in ("g_optimizer", "d_optimizer"):
+        assert wf.parser.get_parsed_content(name).defaults["fused"] is fused, name
+
+
 def test_training_writes_checkpoints_that_round_trip(trained):
     wf, ckpt_dir = trained
     names = {p.name for p in ckpt_dir.iterdir()}
