@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle_utils import BUNDLE, CONFIGS, TINY, run, workflow
-from scripts.checkpoint import load_checkpoint
+from scripts.checkpoint import load_checkpoint, save_atomic
 from scripts.synthetic import write_synthetic_dataset
 
 N_TEST_NORMAL, N_TEST_ABNORMAL = 3, 5
@@ -131,9 +132,15 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path):
         assert (out / name).stat().st_size > 1000, name
 
 
-def test_resume_continues_exactly(dataset, tmp_path):
-    """1 epoch + resume to 2 epochs gives the same weights and queues as 2 uninterrupted epochs."""
-    common = {"aug_prob": 0.0}
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_exactly(num_workers, dataset, tmp_path):
+    """1 epoch + resume to 2 epochs gives the same weights, queues and states as 2 uninterrupted epochs.
+
+    Random augmentation is on (``aug_prob`` 1): with ``num_workers`` 0 the random affine transform's own generator
+    runs on across epochs in the main process and must come from the checkpoint; with workers, each epoch's
+    workers re-seed their copies from torch's generator.
+    """
+    common = {"aug_prob": 1.0, "num_workers": num_workers}
     _train(dataset, tmp_path / "full", tmp_path, **common)
     _train(dataset, tmp_path / "split", tmp_path, epochs=1, **common)
     _train(dataset, tmp_path / "split", tmp_path, resume=True, **common)
@@ -143,6 +150,49 @@ def test_resume_continues_exactly(dataset, tmp_path):
     for net in ("generator", "discriminator"):
         for k, v in full[net].items():
             assert torch.equal(v, split[net][k]), f"{net}.{k}"
+    for opt in ("g_optimizer", "d_optimizer"):
+        for param, state in full[opt]["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, split[opt]["state"][param][k]), f"{opt}.{param}.{k}"
+    for name, state in full["rng"]["transforms"].items():
+        assert torch.equal(state["keys"], split["rng"]["transforms"][name]["keys"]), name
+        assert state["pos"] == split["rng"]["transforms"][name]["pos"], name
+
+
+def test_resume_from_checkpoint_without_transform_states_warns(dataset, tmp_path, caplog):
+    """A checkpoint written before the augmentation's random states were saved still resumes, with a warning."""
+    _train(dataset, tmp_path / "old", tmp_path, epochs=1)
+    path = tmp_path / "old" / "checkpoint_latest.pt"
+    old = load_checkpoint(path)
+    for key in ("transforms", "numpy_has_gauss", "numpy_cached_gaussian"):
+        del old["rng"][key]
+    save_atomic(old, path)
+    wf = workflow(["train.json"], "train", "training", **TINY, dataset_dir=str(dataset), ckpt_dir=str(path.parent),
+                  output_dir=str(tmp_path / "tb"), epochs=2, resume=True)
+    logger = logging.getLogger("scripts.checkpoint")
+    logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
+    try:
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "no random state of the augmentation transforms" in caplog.text
+    resumed = load_checkpoint(path)
+    assert _epoch(resumed) == 2 and "transforms" in resumed["rng"]
+
+
+def test_logged_iterations_are_generator_steps():
+    """The StatsHandler logs every log_every-th iteration from the first; with log_every a multiple of n_critic
+    those are generator steps (iterations 1, 1 + n_critic, ...), so the printed lines carry the G losses."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"log_every": 10, "n_critic": 2})
+    index = next(i for i, h in enumerate(parser["train#handlers"]) if h["_target_"] == "StatsHandler")
+    iteration_log = parser.get_parsed_content(f"train#handlers#{index}#iteration_log")
+    logged = [it for it in range(1, 41) if iteration_log(None, it)]
+    assert logged == [1, 11, 21, 31]
+    assert all((it - 1) % 2 == 0 for it in logged)  # the trainer's generator-step rule
 
 
 def test_resume_without_checkpoint_names_the_file(dataset, tmp_path):

@@ -1,13 +1,16 @@
 """Atomic checkpoint writes and random-state capture."""
 
+import logging
 import random
 
 import numpy as np
 import pytest
 import torch
+from monai.data.utils import set_rnd
+from monai.transforms import Compose, RandAffined, RandGaussianNoised, ScaleIntensityd
 
 from scripts import checkpoint as ckpt_mod
-from scripts.checkpoint import RNGState, load_checkpoint, save_atomic
+from scripts.checkpoint import RNGState, find_randomizable, load_checkpoint, save_atomic
 
 
 def test_save_atomic_keeps_previous_file_when_write_fails(tmp_path, monkeypatch):
@@ -38,11 +41,67 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(truncated)
 
 
+def _augmentation():
+    """A training-like preprocessing: a deterministic transform, then nested random ones."""
+    return Compose([
+        ScaleIntensityd(keys="image"),
+        RandAffined(keys="image", prob=1.0, translate_range=(4, 4), scale_range=(0.1, 0.1), padding_mode="border"),
+        RandGaussianNoised(keys="image", prob=0.5),
+    ])
+
+
+def _draws(transform, n=3):
+    """``n`` augmentations of the same image, stacked: (n, 1, 16, 16)."""
+    image = torch.arange(256.0).reshape(1, 16, 16)
+    return torch.stack([transform({"image": image})["image"].as_tensor() for _ in range(n)])
+
+
+def test_find_randomizable_names_nested_transforms():
+    transform = _augmentation()
+    found = find_randomizable(transform)
+    assert list(found) == ["root", "root.transforms.1", "root.transforms.1.rand_affine",
+                           "root.transforms.1.rand_affine.rand_affine_grid", "root.transforms.2",
+                           "root.transforms.2.rand_gaussian_noise"]
+    assert found["root.transforms.1.rand_affine.rand_affine_grid"] is transform.transforms[1].rand_affine.rand_affine_grid
+    assert list(find_randomizable([transform.transforms[2]])) == ["root.0", "root.0.rand_gaussian_noise"]
+
+
 def test_rng_state_round_trip(tmp_path):
-    state = RNGState()
+    transform = _augmentation().set_random_state(seed=5)
+    state = RNGState(transforms=transform)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in the global NumPy state
+    _draws(transform)  # the transforms' generators are not at their seed
     save_atomic({"rng": state.state_dict()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.standard_normal(), torch.rand(1).item())
+    expected_draws = _draws(transform)
+
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rnd(transform, 9)  # as a newly built DataLoader does
+    assert not torch.equal(_draws(transform), expected_draws)
+    state.load_state_dict(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (random.random(), np.random.standard_normal(), torch.rand(1).item()) == expected
+    assert torch.equal(_draws(transform), expected_draws)
+
+
+def test_rng_state_loads_checkpoints_without_transform_states(tmp_path, caplog):
+    """Checkpoints of older versions restore the global generators and warn that augmentation will differ."""
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    old = RNGState().state_dict()
+    for key in ("transforms", "numpy_has_gauss", "numpy_cached_gaussian"):
+        del old[key]
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    state.load_state_dict(load_checkpoint(tmp_path / "r.pt")["rng"])
+    with caplog.at_level(logging.WARNING, logger="scripts.checkpoint"):
+        RNGState(transforms=_augmentation()).load_state_dict(old)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert "no random state of the augmentation transforms" in caplog.text
+
+
+def test_rng_state_warns_when_the_random_transforms_changed(caplog):
+    saved = RNGState(transforms=_augmentation()).state_dict()
+    transform = Compose([RandAffined(keys="image", prob=1.0, translate_range=(4, 4))]).set_random_state(seed=1)
+    with caplog.at_level(logging.WARNING, logger="scripts.checkpoint"):
+        RNGState(transforms=transform).load_state_dict(saved)
+    assert "root.transforms.2" in caplog.text  # the saved noise transform has no counterpart now
+    assert "root.transforms.0" in caplog.text  # the new first transform has no saved state

@@ -12,11 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import Randomizable, Transform
 
 from .distributed import is_main_process
 from .workflow import as_bool
 
-__all__ = ["save_atomic", "load_checkpoint", "check_new_run", "RNGState", "TrainingCheckpointer"]
+__all__ = [
+    "save_atomic", "load_checkpoint", "check_new_run", "find_randomizable", "RNGState", "TrainingCheckpointer"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,27 +89,126 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: 
         )
 
 
-class RNGState:
-    """The Python, NumPy and torch random-generator states as a stateful object for checkpoints.
+def find_randomizable(transforms: Any) -> dict[str, Randomizable]:
+    """Every ``Randomizable`` object of ``transforms``, named by its attribute path from ``transforms``.
 
-    Saved after the epoch's validation, restored on resume, so that the random masks of the model and
-    the data order continue as in an uninterrupted run.
+    The search follows what MONAI's ``set_rnd`` seeds: lists, tuples and dicts, and the attributes of transforms
+    (``Compose.transforms``, ``RandAffined.rand_affine``, ``RandAffine.rand_affine_grid``, ...). Each object is
+    listed once, under the first path that reaches it, e.g. ``"root.transforms.3.rand_affine.rand_affine_grid"``.
+
+    Args:
+        transforms: a transform (e.g. the training ``Compose``) or a list, tuple or dict of them.
+    """
+    found: dict[str, Randomizable] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("root", transforms)]
+    while stack:
+        path, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        if isinstance(obj, (list, tuple)):
+            children = [(f"{path}.{i}", item) for i, item in enumerate(obj)]
+        elif isinstance(obj, Mapping):
+            children = [(f"{path}.{key}", item) for key, item in obj.items()]
+        elif isinstance(obj, (Transform, Randomizable)):
+            if isinstance(obj, Randomizable):
+                found[path] = obj
+            children = [(f"{path}.{key}", item) for key, item in vars(obj).items() if not key.startswith("__")]
+        else:
+            continue
+        seen.add(id(obj))
+        stack.extend(reversed(children))  # depth first, in attribute order
+    return found
+
+
+def _numpy_state_dict(state: tuple) -> dict[str, Any]:
+    """A ``RandomState.get_state()`` tuple as tensors and numbers, which ``torch.load(weights_only=True)`` reads."""
+    _, keys, pos, has_gauss, cached_gaussian = state
+    return {
+        "keys": torch.as_tensor(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _numpy_state(state: Mapping[str, Any]) -> tuple:
+    """The ``RandomState.set_state()`` tuple of a :func:`_numpy_state_dict` output, whose keys may lie on the GPU
+    that the checkpoint was mapped to."""
+    keys = torch.as_tensor(state["keys"]).cpu().numpy().astype(np.uint32)
+    return "MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached_gaussian"])
+
+
+class RNGState:
+    """The random-generator states that training draws from, as a stateful object for checkpoints.
+
+    Saved after the epoch's validation, restored on resume, so that the random masks of the model, the data order
+    and the random augmentations continue as in an uninterrupted run. It holds the global Python, NumPy and torch
+    generators and the own generators (``.R``) of the ``Randomizable`` objects of ``transforms``
+    (:func:`find_randomizable`).
+
+    The transforms' generators matter with ``num_workers`` 0: MONAI's ``DataLoader`` seeds them once, when it is
+    built, and they then run on across epochs in the main process, so a resumed run would otherwise draw the
+    first epoch's augmentations again. With ``num_workers`` > 0 each epoch's workers seed their copies from
+    torch's generator (``monai.data.worker_init_fn``), which this object restores as well.
+
+    Args:
+        transforms: the training preprocessing (a ``Compose``, a transform, or a list or dict of them) whose
+            random transforms continue exactly on resume; ``None`` for the global generators only.
     """
 
+    def __init__(self, transforms: Any = None) -> None:
+        self.transforms = transforms
+
     def state_dict(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
+        python_state = random.getstate()
+        numpy_state = _numpy_state_dict(np.random.get_state())
         return {
-            "python": list(random.getstate()[1]),
-            "python_pos": random.getstate()[2],
-            "numpy_keys": torch.as_tensor(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]),
+            "python": list(python_state[1]),
+            "python_pos": python_state[2],
+            "numpy_keys": numpy_state["keys"],
+            "numpy_pos": numpy_state["pos"],
+            "numpy_has_gauss": numpy_state["has_gauss"],
+            "numpy_cached_gaussian": numpy_state["cached_gaussian"],
             "torch": torch.get_rng_state(),
+            "transforms": {name: _numpy_state_dict(obj.R.get_state()) for name, obj in self._randomizable().items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the generators; a checkpoint without the transforms' states (written before they were saved)
+        restores the global ones and logs a warning that the augmentations will not continue exactly."""
         random.setstate((3, tuple(int(v) for v in state["python"]), state["python_pos"]))
-        np.random.set_state(("MT19937", np.asarray(state["numpy_keys"], dtype=np.uint32), int(state["numpy_pos"])))
-        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+        np.random.set_state(_numpy_state({
+            "keys": state["numpy_keys"],
+            "pos": state["numpy_pos"],
+            "has_gauss": state.get("numpy_has_gauss", 0),
+            "cached_gaussian": state.get("numpy_cached_gaussian", 0.0),
+        }))
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+        self._load_transforms(state.get("transforms"))
+
+    def _randomizable(self) -> dict[str, Randomizable]:
+        return find_randomizable(self.transforms) if self.transforms is not None else {}
+
+    def _load_transforms(self, saved: Mapping[str, Any] | None) -> None:
+        current = self._randomizable()
+        if not current:
+            return
+        if saved is None:
+            logger.warning("the checkpoint holds no random state of the augmentation transforms (it was written by "
+                           "an older version of the bundle): training resumes, but its random augmentations differ "
+                           "from those of an uninterrupted run.")
+            return
+        missing = sorted(set(current) - set(saved))
+        if missing or set(saved) - set(current):
+            logger.warning("the random transforms differ from the checkpoint's (not in the checkpoint: %s; only in "
+                           "the checkpoint: %s): training resumes, but their random augmentations differ from those "
+                           "of an uninterrupted run.", missing, sorted(set(saved) - set(current)))
+        for name, obj in current.items():
+            if name in saved:
+                generator = np.random.RandomState()
+                generator.set_state(_numpy_state(saved[name]))
+                obj.R = generator  # a new generator: objects that never set their own share the class's ``R``
 
 
 class TrainingCheckpointer:
