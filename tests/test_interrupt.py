@@ -113,7 +113,7 @@ def _wrapper_main(argv: list[str]) -> None:
 def _cli_args(dataset: Path, ckpt_dir: Path, output_dir: Path, **override: Any) -> list[str]:
     """``run training`` arguments of ``python -m monai.bundle`` for a tiny run, as a user types them."""
     args = {**TINY, "dataset_dir": dataset, "ckpt_dir": ckpt_dir, "output_dir": output_dir, "epochs": EPOCHS,
-            "aug_prob": 0.0, **override}
+            **override}
     cli = ["run", "training", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json",
            "--logging_file", "configs/logging.conf"]
     for key, value in args.items():
