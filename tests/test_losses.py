@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.losses import DiscriminatorLoss, GeneratorLoss, distillation_loss
+from monai.losses import SSIMLoss
+
+from scripts.losses import DiscriminatorLoss, GeneratorLoss, SeparableSSIMLoss, distillation_loss
 
 structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
 
@@ -103,6 +105,31 @@ def test_generator_loss_gradient_and_fp32_under_autocast():
     exact = GeneratorLoss()(_cast(low, torch.float32), target, fake_logits.detach())
     for name in terms:
         assert torch.allclose(terms[name], exact[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "shape, win_size, sigma, data_range, k1, k2",
+    [
+        ((3, 1, 40, 33), 11, 1.5, 1.0, 0.01, 0.03),
+        ((2, 2, 24, 24), 7, 1.0, 2.0, 0.02, 0.05),
+        ((1, 3, 16, 20), 5, 0.8, 1.0, 0.01, 0.03),
+    ],
+)
+def test_separable_ssim_equals_monai_ssim_loss(shape, win_size, sigma, data_range, k1, k2):
+    gen = torch.Generator().manual_seed(11)
+    target = torch.rand(shape, generator=gen) * data_range
+    pred = (target + 0.2 * data_range * torch.randn(shape, generator=gen)).requires_grad_(True)
+    monai_loss = SSIMLoss(
+        spatial_dims=2, data_range=data_range, win_size=win_size, kernel_sigma=sigma, k1=k1, k2=k2
+    )(pred, target)
+    (monai_grad,) = torch.autograd.grad(monai_loss, pred)
+    loss = SeparableSSIMLoss(data_range=data_range, win_size=win_size, kernel_sigma=sigma, k1=k1, k2=k2)(pred, target)
+    (grad,) = torch.autograd.grad(loss, pred)
+    assert 0.05 < float(monai_loss) < 1.5
+    assert abs(float(loss) - float(monai_loss)) < 1e-5
+    assert torch.allclose(grad, monai_grad, rtol=1e-4, atol=1e-5 * float(monai_grad.abs().max()))
+    with pytest.raises(ValueError):
+        SeparableSSIMLoss()(pred, target[:, :, 1:])
 
 
 def test_distillation_loss_checks_lengths():

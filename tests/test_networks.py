@@ -360,9 +360,22 @@ def test_queue_write_is_identical_on_every_rank(tmp_path):
     assert torch.equal(states[0]["memory"][:, 2:5], torch.full((2, 3, 3), 2.0))
 
 
-@pytest.mark.parametrize("block", ["se", "up-concat", "up-none"])
-def test_lean_training_path_matches_plain_modules(block, monkeypatch):
-    """The memory-lean autograd functions compute what the plain MONAI modules compute, gradients included."""
+@pytest.mark.parametrize(
+    "block, needs_grad",
+    [
+        ("se", (True,)),
+        ("up-concat", (True, True)),
+        ("up-concat", (True, False)),  # teacher decoder below the bottleneck: detached skip
+        ("up-concat", (False, False)),  # teacher's first level: detached input and skip
+        ("up-none", (True,)),
+        ("up-none", (False,)),
+    ],
+)
+def test_lean_training_path_matches_plain_modules(block, needs_grad, monkeypatch):
+    """The memory-lean autograd functions compute what the plain MONAI modules compute, gradients included.
+
+    Input gradients are computed only for the inputs that require them (and equal the plain ones there).
+    """
     torch.manual_seed(0)
     if block == "se":
         lean, inputs = SEResBlock(6, 12, stride=2, se_reduction=4), [torch.randn(3, 6, 10, 10)]
@@ -373,12 +386,14 @@ def test_lean_training_path_matches_plain_modules(block, monkeypatch):
     results = []
     for module, use_lean in ((lean, True), (plain, False)):
         monkeypatch.setattr(scripts.blocks, "_lean_training", lambda m, use_lean=use_lean: use_lean)
-        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        leaves = [t.clone().requires_grad_(flag) for t, flag in zip(inputs, needs_grad)]
         out = module.train()(*leaves)
         out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
         results.append((out.detach(), [t.grad for t in leaves], [p.grad for p in module.parameters()]))
     (out_a, in_a, par_a), (out_b, in_b, par_b) = results
     assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert [g is not None for g in in_a] == list(needs_grad)
+    assert all(g is not None for g in par_a)
     for a, b in zip(in_a + par_a, in_b + par_b):
         assert (a is None) == (b is None)
         if a is not None:

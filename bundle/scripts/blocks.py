@@ -7,6 +7,7 @@ patches per image side, so an image holds ``P = num_patch ** 2`` patches, ordere
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,34 @@ def _backward_args(conv_args: tuple) -> tuple:
     return stride, padding, dilation, False, [0, 0], groups
 
 
+def _conv_weight_grad(grad_out: Tensor, inputs: Tensor, weight: Tensor, conv_args: tuple) -> Tensor:
+    """Gradient of ``conv(inputs, weight)`` (no bias) with respect to ``weight``, given the output gradient."""
+    return torch.ops.aten.convolution_backward(
+        grad_out, inputs, weight, None, *_backward_args(conv_args), [False, True, False]
+    )[1]
+
+
+def _conv_input_grad(grad_out: Tensor, input_shape: Sequence[int], weight: Tensor, conv_args: tuple) -> Tensor:
+    """Gradient of ``conv(inputs, weight)`` with respect to ``inputs`` of shape ``input_shape``.
+
+    Only the shape of the input matters, so an unwritten (``torch.empty``) placeholder in the layout of
+    ``grad_out`` stands for it.
+    """
+    placeholder = torch.empty(
+        tuple(input_shape), dtype=grad_out.dtype, device=grad_out.device, memory_format=_memory_format_of(grad_out)
+    )
+    return torch.ops.aten.convolution_backward(
+        grad_out, placeholder, weight, None, *_backward_args(conv_args), [True, False, False]
+    )[0]
+
+
+def _memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels-last 4D tensor (that is not also channels-first), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class _BatchNormReLUConv(torch.autograd.Function):
     """``z = conv(ReLU(BN(c)))`` with BN on batch statistics, keeping only ``c`` for backward.
 
@@ -168,61 +197,69 @@ class _BatchNormReLUConv(torch.autograd.Function):
         return grad_c, grad_bn_weight, grad_bn_bias, grad_conv_weight, None, None, None
 
 
-class _BatchNorm(torch.autograd.Function):
-    """``b = BN(c)`` with batch statistics, keeping only ``c`` (not ``b``) for backward.
+class _BatchNormSEAddReLU(torch.autograd.Function):
+    """``out = ReLU(b * s + r)`` with ``b = BN(c)`` (batch statistics), ``s = se_fc(mean_hw(b))`` and shortcut ``r``.
 
-    Also returns the batch ``mean, invstd`` (not differentiable) so a consumer can recompute ``b``.
+    The tail of an SE residual block in one function: ``b`` is never materialised (``out`` is
+    ``c * (scale * s) + shift * s + r`` with BN's per-channel ``scale, shift``, written into ``r``'s memory;
+    ``r`` must not be needed afterwards), and backward adds the squeeze's gradient to that of ``b`` before a
+    single BatchNorm backward. Keeps ``c`` (kept by the convolution before) and ``out``; the small SE MLP
+    ``se_fc`` (``N x C -> N x C``, parameters ``fc_params``) is re-run on the saved ``N x C`` squeeze in
+    backward, under the autocast state of the forward pass.
     """
 
     @staticmethod
-    def forward(ctx, c, bn_weight, bn_bias, bn):
-        with torch.autocast(device_type=c.device.type, enabled=False):
+    def forward(ctx, c, bn_weight, bn_bias, r, bn, se_fc, *fc_params):
+        device, dtype = c.device.type, torch.promote_types(c.dtype, torch.float32)
+        with torch.autocast(device_type=device, enabled=False):
             momentum = _bn_update_momentum(bn)
-            b, mean, invstd = torch.ops.aten.native_batch_norm(
-                c, bn_weight, bn_bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
-            )
-        ctx.save_for_backward(c, bn_weight, mean, invstd)
-        ctx.eps = bn.eps
-        ctx.mark_non_differentiable(mean, invstd)
-        return b, mean, invstd
-
-    @staticmethod
-    def backward(ctx, grad_b, _grad_mean, _grad_invstd):
-        c, bn_weight, mean, invstd = ctx.saved_tensors
-        with torch.autocast(device_type=c.device.type, enabled=False):
-            grad_c, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-                grad_b, c, bn_weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
-            )
-        return grad_c, grad_weight, grad_bias, None
-
-
-class _ScaleAddReLU(torch.autograd.Function):
-    """``out = ReLU(b * s + r)`` (SE recalibration + residual), recomputing ``b = c * scale + shift`` in backward.
-
-    ``b``: ``N x C x H x W``, ``s``: ``N x C x 1 x 1``, ``r``: like ``b``; ``c, scale, shift`` rebuild ``b``
-    and receive no gradient. Keeps ``c`` (already kept by the BatchNorm before) and ``out``.
-    """
-
-    @staticmethod
-    def forward(ctx, b, s, r, c, scale, shift):
-        out = torch.addcmul(r, b, s).relu_()
-        ctx.save_for_backward(c, scale, shift, s, out)
+            mean, var = torch.batch_norm_update_stats(c, bn.running_mean, bn.running_var, momentum)
+            invstd = torch.rsqrt(var + bn.eps)
+            scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd, dtype)
+            pooled = torch.addcmul(shift[:, 0, 0], c.mean(dim=(2, 3), dtype=dtype), scale[:, 0, 0])
+        s = se_fc(pooled).to(dtype)[:, :, None, None]
+        with torch.autocast(device_type=device, enabled=False):
+            out = r.addcmul_(c, (scale * s).to(c.dtype)).add_((shift * s).to(c.dtype)).relu_()
+        ctx.mark_dirty(r)
+        ctx.save_for_backward(c, bn_weight, bn_bias, mean, invstd, pooled, out, *fc_params)
+        ctx.se_fc, ctx.eps = se_fc, bn.eps
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        c, scale, shift, s, out = ctx.saved_tensors
-        grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
-        b = torch.addcmul(shift, c, scale)
-        grad_s = (grad_sum * b).sum(dim=(2, 3), keepdim=True)
-        return grad_sum * s, grad_s, grad_sum, None, None, None
+        c, bn_weight, bn_bias, mean, invstd, pooled, out, *fc_params = ctx.saved_tensors
+        device, dtype = c.device.type, pooled.dtype
+        with torch.enable_grad(), torch.autocast(device_type=device, enabled=ctx.autocast[0], dtype=ctx.autocast[1]):
+            pooled = pooled.detach().requires_grad_(True)
+            s = ctx.se_fc(pooled).to(dtype)
+        with torch.autocast(device_type=device, enabled=False):
+            scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd, dtype)
+            grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
+            # d/ds of sum(grad_sum * b) with b = c * scale + shift, without materialising b
+            grad_b = torch.mul(grad_sum, c)
+            grad_s = grad_b.sum(dim=(2, 3), dtype=dtype) * scale[:, 0, 0]
+            grad_s += grad_sum.sum(dim=(2, 3), dtype=dtype) * shift[:, 0, 0]
+            wanted = [pooled] + [p for p, need in zip(fc_params, ctx.needs_input_grad[6:]) if need]
+            grads = list(torch.autograd.grad(s, wanted, grad_s))
+            grad_pooled = grads.pop(0) / (c.shape[2] * c.shape[3])
+            fc_grads = [grads.pop(0) if need else None for need in ctx.needs_input_grad[6:]]
+            torch.mul(grad_sum, s.detach()[:, :, None, None].to(c.dtype), out=grad_b)  # reuses the product's memory
+            grad_b += grad_pooled[:, :, None, None].to(c.dtype)
+            grad_c, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_b, c, bn_weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
+            )
+        return grad_c, grad_weight, grad_bias, grad_sum, None, None, *fc_grads
 
 
 class _UpsampleConcatConv(torch.autograd.Function):
     """``c = conv([skip,] upsample2x(x))``, recomputing the upsampled (and concatenated) input in backward.
 
     Keeps ``x`` (low resolution) and ``skip`` (kept by the encoder anyway) instead of the
-    full-resolution convolution input.
+    full-resolution convolution input. Backward computes the weight gradient first and frees the
+    recomputed input before the input gradient, and computes the input gradient only for the channels
+    that need it (none for detached ``x`` and ``skip``, as in the teacher decoder's first level; only the
+    upsampled channels for a detached ``skip``).
     """
 
     @staticmethod
@@ -237,24 +274,26 @@ class _UpsampleConcatConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c):
         x, skip, conv_weight = ctx.saved_tensors
+        need_x, need_skip, need_weight = ctx.needs_input_grad[:3]
+        skip_channels = 0 if skip is None else skip.shape[1]
+        grad_x = grad_skip = grad_weight = None
         with torch.autocast(device_type=x.device.type, enabled=False):
-            inputs = _upsample_concat(x, skip)
-            grad_inputs, grad_weight, _ = torch.ops.aten.convolution_backward(
-                grad_c, inputs, conv_weight.to(inputs.dtype), None, *_backward_args(ctx.conv_args),
-                [True, ctx.needs_input_grad[2], False],
-            )
-            del inputs
-            grad_skip = None
-            if skip is not None:
-                grad_skip, grad_inputs = grad_inputs.split([skip.shape[1], x.shape[1]], dim=1)
-                grad_skip = grad_skip if ctx.needs_input_grad[1] else None
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.ops.aten.upsample_bilinear2d_backward(
-                    grad_inputs.contiguous(), list(grad_inputs.shape[-2:]), list(x.shape), False, None, None
-                ).to(x.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(conv_weight.dtype)
+            weight = conv_weight.to(grad_c.dtype)
+            if need_weight:
+                inputs = _upsample_concat(x, skip)
+                grad_weight = _conv_weight_grad(grad_c, inputs, weight, ctx.conv_args).to(conv_weight.dtype)
+                del inputs  # the full-resolution input never coexists with its gradient
+            if need_skip or need_x:
+                # gradient of the channels that need it only: all of them, or the upsampled ones without the skip
+                first = 0 if need_skip else skip_channels
+                shape = (x.shape[0], skip_channels + x.shape[1] - first, 2 * x.shape[2], 2 * x.shape[3])
+                grad_inputs = _conv_input_grad(grad_c, shape, weight[:, first:], ctx.conv_args)
+                if need_skip:
+                    grad_skip, grad_inputs = grad_inputs.split([skip_channels, x.shape[1]], dim=1)
+                if need_x:
+                    grad_x = torch.ops.aten.upsample_bilinear2d_backward(
+                        grad_inputs, list(grad_inputs.shape[-2:]), list(x.shape), False, None, None
+                    ).to(x.dtype)
         return grad_x, grad_skip, grad_weight, None
 
 
@@ -313,12 +352,8 @@ class SEResBlock(nn.Module):
         bn3 = self.conv_body[1].adn.N
         c2, shortcut = _BatchNormReLUConv.apply(c1, bn1.weight, bn1.bias, conv2.weight, bn1, conv2, True)
         c3 = _BatchNormReLUConv.apply(c2, bn2.weight, bn2.bias, conv3.weight, bn2, conv3, False)
-        b3, mean3, invstd3 = _BatchNorm.apply(c3, bn3.weight, bn3.bias, bn3)
-        n, c = b3.shape[:2]
-        scale = self.se.fc(b3.mean(dim=(2, 3))).view(n, c, 1, 1)
-        with torch.no_grad():
-            bn_scale, bn_shift = _bn_affine(bn3.weight, bn3.bias, mean3, invstd3, c3.dtype)
-        return _ScaleAddReLU.apply(b3, scale.to(b3.dtype), shortcut, c3, bn_scale, bn_shift)
+        fc = self.se.fc
+        return _BatchNormSEAddReLU.apply(c3, bn3.weight, bn3.bias, shortcut, bn3, fc, *fc.parameters())
 
 
 class UpBlock(nn.Module):
