@@ -180,8 +180,8 @@ def model(tmp_path_factory, folder) -> dict:
         raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None])
                for p in folder["good"]]
     logits = torch.cat([r["disc_logit"] for r in raw])
-    errors = torch.cat([r["recon_error"] for r in raw])
-    detector.statistics.update(logits, errors)
+    residuals = torch.cat([r["residual"] for r in raw])
+    detector.update_statistics(logits, residuals)
     expected = {p: direct(detector, p) for p in folder["good"]}
     scores = sorted(score for score, _ in expected.values())
     detector.statistics.threshold.fill_(scores[len(scores) // 2])
@@ -211,7 +211,11 @@ def test_config_properties_and_network_match_train(results) -> None:
         for ref in (v for v in train[train_id].values() if isinstance(v, str) and v.startswith("@")):
             assert infer[ref[1:]] == train[ref[1:]], ref
     assert infer["network_def"]["_target_"] == "scripts.detector.AnomalyDetector"
-    assert infer["score_kind"] == train["score_kind"]
+    # the same scores: the same score kind and reconstruction-score settings
+    for key in ("score_kind", "residual_sigma", "residual_top_fraction"):
+        assert infer[key] == train[key], key
+    for key in ("img_size", "residual_sigma", "residual_top_fraction"):
+        assert infer["network_def"][key] == train["detector"][key] == f"@{key}", key
     # the same deterministic preprocessing as training and validation, only with a fault-tolerant loader
     assert infer["preprocessing"]["transforms"][1:] == train["load_transforms"][1:]
     assert infer["preprocessing"]["transforms"][0]["_target_"] == "scripts.inference.LoadRadiographOrErrord"
@@ -353,6 +357,24 @@ def test_missing_checkpoint_names_the_file_and_what_to_do(tmp_path) -> None:
         run(run_inference(inputs, tmp_path / "out", missing))
     assert any(isinstance(e, FileNotFoundError) and str(missing) in str(e) and "train first" in str(e)
                for e in exception_chain(info.value))
+    assert not (tmp_path / "out" / "anomaly_scores.csv").exists()
+
+
+def test_model_without_score_statistics_stops_and_says_what_to_do(tmp_path) -> None:
+    """A model.pt whose statistics were never measured (or that predates the per-pixel ones) is refused."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(np.rint(synthetic(5) * 255).astype(np.uint8)).save(inputs / "x.png")
+    state = tiny_detector().state_dict()
+    for name in ("pixel_mean", "pixel_std"):  # as written before the per-pixel statistics existed
+        del state[f"statistics.{name}"]
+    state["statistics.ready"].fill_(True)
+    ckpt = tmp_path / "old_model.pt"
+    torch.save(state, ckpt)
+    with pytest.raises(Exception) as info:
+        run(run_inference(inputs, tmp_path / "out", ckpt))
+    assert any(isinstance(e, RuntimeError) and "no measured score statistics" in str(e)
+               and "monai.bundle run training" in str(e) for e in exception_chain(info.value))
     assert not (tmp_path / "out" / "anomaly_scores.csv").exists()
 
 

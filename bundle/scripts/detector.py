@@ -2,35 +2,101 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 import torch
+import torch.nn.functional as F
+from monai.networks.layers import gaussian_1d
 from torch import nn
 
 __all__ = ["SCORE_KINDS", "ScoreStatistics", "AnomalyDetector"]
 
 SCORE_KINDS = ("discriminator", "reconstruction")
 
+logger = logging.getLogger(__name__)
+
 
 class ScoreStatistics(nn.Module):
     """Score-normalisation statistics and the decision threshold, kept as buffers (no parameters).
 
-    ``mean``/``std`` hold one value per raw score, index 0 the discriminator logit and index 1 the
-    reconstruction error, measured over normal training images; ``ready`` says whether they were measured;
-    ``threshold`` is the decision threshold on the normalised anomaly score of the detector's kind.
+    ``pixel_mean``/``pixel_std`` (``1 x 1 x H x W``) hold the per-pixel mean and standard deviation of the
+    smoothed reconstruction residual over normal training images (mean 0 and std 1 until measured);
+    ``mean``/``std`` hold one value per raw image score, index 0 the discriminator logit and index 1 the
+    reconstruction score, over the same images; ``ready`` says whether they were measured; ``threshold`` is
+    the decision threshold on the normalised anomaly score of the detector's kind.
+
+    A state dict written before the per-pixel buffers existed loads without error: the per-pixel statistics
+    keep their defaults and ``ready`` is cleared, so that they are measured again.
+
+    Args:
+        img_size: side ``H = W`` of the scored images.
+        eps: added to the per-pixel std when standardising, so pixels where every training residual is the
+            same (e.g. a black border) do not divide by zero.
     """
 
-    def __init__(self) -> None:
+    PIXEL_BUFFERS = ("pixel_mean", "pixel_std")
+
+    def __init__(self, img_size: int, eps: float = 1e-3) -> None:
         super().__init__()
+        if img_size < 1:
+            raise ValueError(f"img_size must be positive, got {img_size}.")
+        self.eps = eps
         self.register_buffer("mean", torch.zeros(2))
         self.register_buffer("std", torch.ones(2))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("threshold", torch.full((), 0.5))
+        self.register_buffer("pixel_mean", torch.zeros(1, 1, img_size, img_size))
+        self.register_buffer("pixel_std", torch.ones(1, 1, img_size, img_size))
+
+    def standardise(self, residual: torch.Tensor) -> torch.Tensor:
+        """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + eps)`` of B x 1 x H x W residuals."""
+        return (residual - self.pixel_mean) / (self.pixel_std + self.eps)
+
+    def update_pixels(self, residual: torch.Tensor) -> None:
+        """Measure the per-pixel statistics from the smoothed residuals of N training images (N x 1 x H x W)."""
+        residual = residual.float().to(self.pixel_mean.device)
+        if residual.shape[1:] != self.pixel_mean.shape[1:]:
+            raise ValueError(f"residuals must be N x {tuple(self.pixel_mean.shape[1:])}, got {tuple(residual.shape)}.")
+        self.pixel_mean.copy_(residual.mean(0, keepdim=True))
+        self.pixel_std.copy_(residual.std(0, keepdim=True, unbiased=residual.shape[0] > 1))
 
     def update(self, disc_logit: torch.Tensor, recon_error: torch.Tensor) -> None:
-        """Measure the statistics from raw scores of N training images (each of shape N)."""
+        """Measure the image-level statistics from raw scores of N training images (each of shape N).
+
+        ``recon_error`` must be scored with the per-pixel statistics already measured
+        (:meth:`AnomalyDetector.update_statistics` does both in order).
+        """
         raw = torch.stack([disc_logit.float(), recon_error.float()]).to(self.mean.device)
         self.mean.copy_(raw.mean(1))
         self.std.copy_(raw.std(1, unbiased=raw.shape[1] > 1).clamp_min(1e-6))
         self.ready.fill_(True)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        absent = [prefix + name for name in self.PIXEL_BUFFERS if prefix + name not in state_dict]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if not absent:
+            return
+        for key in absent:
+            if key in missing_keys:
+                missing_keys.remove(key)
+        self.pixel_mean.zero_()
+        self.pixel_std.fill_(1.0)
+        self.ready.fill_(False)
+        logger.warning("the loaded score statistics predate the per-pixel reconstruction statistics: they are "
+                       "marked as not measured and must be measured again.")
 
 
 class AnomalyDetector(nn.Module):
@@ -40,26 +106,74 @@ class AnomalyDetector(nn.Module):
 
     - ``"discriminator"`` (the paper's): ``s = D(G(x))`` logit, standardised by the mean and standard
       deviation of the same quantity over training images, anomaly score ``1 - sigmoid(z)``.
-    - ``"reconstruction"``: mean absolute reconstruction error ``|x - G(x)|``, standardised the same way,
-      anomaly score ``sigmoid(z)``.
+    - ``"reconstruction"``: the residual ``x - G(x)`` is smoothed with a Gaussian (``residual_sigma``) and
+      standardised per pixel by its mean and std over normal training images; the raw score is the mean of
+      the largest ``residual_top_fraction`` of the squared per-pixel z-scores. It is standardised over the
+      training images like the discriminator's, anomaly score ``sigmoid(z)``. Fine anatomy that the
+      generator cannot reproduce in normal images too (ribs, vessels) thus counts less than residuals where
+      normal images have none.
 
-    Both lie in [0, 1], higher = more abnormal. The statistics and the decision threshold are buffers, so
-    they are saved in the state dict with the weights and travel with an exported TorchScript module.
+    Both lie in [0, 1], higher = more abnormal. The anomaly map is ``|x - G(x)|``. The statistics and the
+    decision threshold are buffers, so they are saved in the state dict with the weights and travel with an
+    exported TorchScript module.
 
     Args:
         generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"``.
         discriminator: maps B x 1 x H x W images to B x 1 logits.
         score_kind: which score ``forward`` returns, one of ``SCORE_KINDS``.
+        img_size: side of the scored images; ``None`` takes ``generator.img_size``.
+        residual_sigma: standard deviation in pixels of the Gaussian that smooths the residual (0: none);
+            ``None`` takes ``img_size / 64``.
+        residual_top_fraction: fraction of the pixels, the largest squared z-scores, whose mean is the raw
+            reconstruction score (at least one pixel), in (0, 1].
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, score_kind: str = "discriminator") -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        score_kind: str = "discriminator",
+        img_size: int | None = None,
+        residual_sigma: float | None = None,
+        residual_top_fraction: float = 0.01,
+    ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}.")
+        if img_size is None:
+            img_size = getattr(generator, "img_size", None)
+            if img_size is None:
+                raise ValueError("img_size is needed: the generator has no 'img_size' attribute.")
+        img_size = int(img_size)
+        residual_sigma = img_size / 64 if residual_sigma is None else float(residual_sigma)
+        if residual_sigma < 0:
+            raise ValueError(f"residual_sigma must be >= 0, got {residual_sigma}.")
+        if not 0 < residual_top_fraction <= 1:
+            raise ValueError(f"residual_top_fraction must be in (0, 1], got {residual_top_fraction}.")
         self.generator = generator
         self.discriminator = discriminator
         self.score_kind = score_kind
-        self.statistics = ScoreStatistics()
+        self.residual_sigma = residual_sigma
+        self.residual_top_fraction = residual_top_fraction
+        self.top_k = max(1, int(residual_top_fraction * img_size * img_size))
+        self.statistics = ScoreStatistics(img_size)
+        # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
+        # without data-dependent branches; not in the state dict, it follows from residual_sigma
+        kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
+        self.register_buffer("smoothing_kernel", torch.outer(kernel, kernel).float()[None, None], persistent=False)
+
+    def smoothed_residual(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Gaussian-smoothed signed residual ``x - recon`` (B x 1 x H x W, float32, zero padding as MONAI's
+        ``GaussianFilter``)."""
+        residual = x.float() - recon.float()
+        with torch.autocast(residual.device.type, enabled=False):  # float32 under mixed precision too
+            return F.conv2d(residual, self.smoothing_kernel, padding=self.smoothing_kernel.shape[-1] // 2)
+
+    def residual_score(self, residual: torch.Tensor) -> torch.Tensor:
+        """Raw reconstruction score (B) of smoothed residuals (B x 1 x H x W): the mean of the ``top_k``
+        largest squared per-pixel z-scores."""
+        z2 = self.statistics.standardise(residual.float()).square().flatten(1)
+        return z2.topk(self.top_k, dim=1).values.mean(1)
 
     def raw_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Reconstruction and un-normalised scores.
@@ -69,13 +183,25 @@ class AnomalyDetector(nn.Module):
 
         Returns:
             ``"recon"`` B x 1 x H x W, ``"anomaly_map"`` B x 1 x H x W (``|x - recon|``),
-            ``"disc_logit"`` B, ``"recon_error"`` B.
+            ``"residual"`` B x 1 x H x W (:meth:`smoothed_residual`), ``"disc_logit"`` B,
+            ``"recon_error"`` B (:meth:`residual_score`).
         """
         recon = self.generator(x)["recon"]
         anomaly_map = (x - recon).abs()
+        residual = self.smoothed_residual(x, recon)
         disc_logit = self.discriminator(recon).reshape(-1).float()
-        recon_error = anomaly_map.flatten(1).mean(1).float()
-        return {"recon": recon, "anomaly_map": anomaly_map, "disc_logit": disc_logit, "recon_error": recon_error}
+        recon_error = self.residual_score(residual)
+        return {"recon": recon, "anomaly_map": anomaly_map, "residual": residual, "disc_logit": disc_logit,
+                "recon_error": recon_error}
+
+    @torch.no_grad()
+    def update_statistics(self, disc_logit: torch.Tensor, residual: torch.Tensor) -> None:
+        """Measure all score statistics over N normal training images: first the per-pixel statistics of the
+        smoothed residuals (N x 1 x H x W), then the mean and std of the discriminator logits (N) and of the
+        reconstruction scores the new per-pixel statistics give."""
+        self.statistics.update_pixels(residual)
+        recon_error = self.residual_score(residual.to(self.statistics.pixel_mean.device))
+        self.statistics.update(disc_logit, recon_error)
 
     def normalise(self, disc_logit: torch.Tensor, recon_error: torch.Tensor) -> dict[str, torch.Tensor]:
         """Anomaly scores in [0, 1] (higher = more abnormal) from raw scores, both of shape B."""

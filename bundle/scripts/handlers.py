@@ -38,35 +38,42 @@ def compute_score_statistics(
 ) -> None:
     """Measure the score-normalisation statistics over up to ``max_images`` training images.
 
-    The detector runs in eval mode on un-augmented normal training images; its ``statistics`` buffers
-    receive the mean and std of the discriminator logit and of the reconstruction error. Under
-    ``torch.distributed`` give each rank its shard of the images: the raw scores of all ranks are gathered,
-    so every rank gets the statistics of the whole set. Every rank must call it.
+    The detector runs in eval mode on un-augmented normal training images; the discriminator logits and the
+    smoothed reconstruction residuals (N x 1 x H x W, kept on the CPU) of all of them are collected, then
+    :meth:`~scripts.detector.AnomalyDetector.update_statistics` measures the per-pixel residual statistics
+    and the mean and std of both raw scores. Under ``torch.distributed`` give each rank its shard of the
+    images: the logits and residuals of all ranks are gathered, so every rank gets the statistics of the
+    whole set. Every rank must call it.
     """
     detector = unwrap(detector)
     was_training = detector.training
     detector.eval()
-    disc, recon, seen = [], [], 0
+    disc, residual, seen = [], [], 0
     for batch in data_loader:
         x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: max_images - seen]
         with autocast_context(device, amp):
             raw = detector.raw_scores(x)
         disc.append(raw["disc_logit"].float().cpu())
-        recon.append(raw["recon_error"].float().cpu())
+        residual.append(raw["residual"].float().cpu())
         seen += x.shape[0]
         if seen >= max_images:
             break
     detector.train(was_training)
+    pixel_shape = tuple(detector.statistics.pixel_mean.shape[1:])
     disc_all = evenly_divisible_all_gather(torch.cat(disc) if disc else torch.zeros(0), concat=True)[:max_images]
-    recon_all = evenly_divisible_all_gather(torch.cat(recon) if recon else torch.zeros(0), concat=True)[:max_images]
+    residual_all = evenly_divisible_all_gather(
+        torch.cat(residual) if residual else torch.zeros(0, *pixel_shape), concat=True
+    )[:max_images]
     seen = disc_all.shape[0]
     if seen == 0:
         raise ValueError("no training images to compute the score statistics from.")
-    detector.statistics.update(disc_all, recon_all)
+    detector.update_statistics(disc_all, residual_all)
+    statistics = detector.statistics
     logger.info(
-        "score statistics over %d training images: disc logit %.4f +- %.4f, recon error %.4f +- %.4f",
-        seen, *(float(v) for v in (detector.statistics.mean[0], detector.statistics.std[0],
-                                    detector.statistics.mean[1], detector.statistics.std[1])),
+        "score statistics over %d training images: disc logit %.4f +- %.4f, recon score %.4f +- %.4f "
+        "(residual std per pixel %.4f to %.4f)",
+        seen, *(float(v) for v in (statistics.mean[0], statistics.std[0], statistics.mean[1], statistics.std[1],
+                                    statistics.pixel_std.min(), statistics.pixel_std.max())),
     )
 
 

@@ -504,8 +504,17 @@ class ScoreCSVWriter:
         """Create the CSV and write its header.
 
         Raises:
+            RuntimeError: the detector holds no measured score statistics (checked before the CSV is created).
             FileExistsError: the CSV exists and ``overwrite`` is false.
         """
+        if not bool(unwrap(self.detector).statistics.ready):
+            raise RuntimeError(
+                "the model holds no measured score statistics: it was saved before they were measured, or by an "
+                "older version of this bundle (without the per-pixel reconstruction statistics), so its scores "
+                "cannot be normalised and its decision threshold is not set. Train it with this version "
+                "(python -m monai.bundle run training --config_file configs/train.json): the models/model.pt it "
+                "writes holds the statistics measured on the training images and the validation threshold."
+            )
         self.output_file.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._stream = open(self.output_file, "w" if self.overwrite else "x", newline="", encoding="utf-8")
@@ -516,9 +525,6 @@ class ScoreCSVWriter:
         self._writer = csv.DictWriter(self._stream, fieldnames=self.COLUMNS)
         self._writer.writeheader()
         self.counts = {"ok": 0, "error": 0}
-        if not bool(unwrap(self.detector).statistics.ready):
-            logger.warning("the model holds no score statistics: scores are not normalised and the threshold "
-                           "is the default; train or evaluate first.")
 
     def __call__(self, engine: Engine) -> None:
         if self._writer is None or self._stream is None:

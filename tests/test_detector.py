@@ -1,0 +1,228 @@
+"""The detector's scores and statistics: the per-pixel standardised reconstruction score, state dicts, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+from torch import nn
+
+from scripts.detector import AnomalyDetector, ScoreStatistics
+from scripts.handlers import compute_score_statistics
+
+SIZE = 32
+
+
+class BlurGenerator(nn.Module):
+    """A stand-in generator: the reconstruction is a 3 x 3 box blur of the input (optionally has ``img_size``)."""
+
+    def __init__(self, img_size: int | None = None) -> None:
+        super().__init__()
+        if img_size is not None:
+            self.img_size = img_size
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"recon": F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)}
+
+
+class ConstantGenerator(nn.Module):
+    """A stand-in generator that always reconstructs a flat grey image."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"recon": torch.full_like(x, 0.5)}
+
+
+def make_detector(generator: nn.Module | None = None, **kwargs) -> AnomalyDetector:
+    torch.manual_seed(0)
+    discriminator = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1))
+    kwargs.setdefault("img_size", SIZE)
+    return AnomalyDetector(generator or BlurGenerator(), discriminator, **kwargs).eval()
+
+
+def reference_score(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sigma: float,
+                    fraction: float, eps: float = 1e-3) -> torch.Tensor:
+    """The raw reconstruction score from its definition: Gaussian-smoothed residual, per-pixel z-score, mean of the
+    largest ``fraction`` of z^2 (sorted, at least one pixel)."""
+    residual = GaussianFilter(2, sigma)(x - recon)
+    z2 = (((residual - mean) / (std + eps)) ** 2).flatten(1)
+    k = max(1, int(fraction * z2.shape[1]))
+    return z2.sort(dim=1, descending=True).values[:, :k].mean(1)
+
+
+def normal_images(n: int, seed: int, squares: tuple[tuple[int, int], ...] = ((4, 4),)) -> torch.Tensor:
+    """Grey images with a little noise and a bright 4 x 4 square at each of ``squares`` (by default where every
+    normal image has one)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 + 0.02 * torch.randn(n, 1, SIZE, SIZE, generator=g)
+    for r, c in squares:
+        x[:, :, r:r + 4, c:c + 4] += 0.3
+    return x
+
+
+def test_raw_score_and_statistics_match_the_definition() -> None:
+    sigma, fraction = 1.5, 0.03
+    detector = make_detector(residual_sigma=sigma, residual_top_fraction=fraction)
+    g = torch.Generator().manual_seed(1)
+    train, test = torch.rand(12, 1, SIZE, SIZE, generator=g), torch.rand(5, 1, SIZE, SIZE, generator=g)
+    with torch.no_grad():
+        raw = detector.raw_scores(train)
+        detector.update_statistics(raw["disc_logit"], raw["residual"])
+
+        smoothed = GaussianFilter(2, sigma)(train - BlurGenerator()(train)["recon"])
+        mean, std = smoothed.mean(0, keepdim=True), smoothed.std(0, keepdim=True)
+        torch.testing.assert_close(detector.statistics.pixel_mean, mean, atol=1e-6, rtol=0)
+        torch.testing.assert_close(detector.statistics.pixel_std, std, atol=1e-6, rtol=1e-5)
+        train_scores = reference_score(train, BlurGenerator()(train)["recon"], mean, std, sigma, fraction)
+        logits = detector.discriminator(BlurGenerator()(train)["recon"]).reshape(-1)
+        want_mean = torch.stack([logits.mean(), train_scores.mean()])
+        want_std = torch.stack([logits.std(), train_scores.std()])
+        torch.testing.assert_close(detector.statistics.mean, want_mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(detector.statistics.std, want_std, atol=1e-5, rtol=1e-5)
+        assert bool(detector.statistics.ready)
+
+        out = detector.raw_scores(test)
+        recon = BlurGenerator()(test)["recon"]
+        torch.testing.assert_close(out["recon_error"], reference_score(test, recon, mean, std, sigma, fraction),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["anomaly_map"], (test - recon).abs())  # the map stays |x - G(x)|
+        _, score = detector(test)
+        z = (reference_score(test, recon, mean, std, sigma, fraction) - want_mean[1]) / want_std[1]
+        torch.testing.assert_close(score, 1 - torch.sigmoid((detector.discriminator(recon).reshape(-1)
+                                                               - want_mean[0]) / want_std[0]), atol=1e-5, rtol=0)
+        detector.score_kind = "reconstruction"
+        torch.testing.assert_close(detector(test)[1], torch.sigmoid(z), atol=1e-5, rtol=0)
+
+
+def test_unmeasured_statistics_are_mean_zero_std_one() -> None:
+    detector = make_detector(residual_sigma=0.0, residual_top_fraction=1.0)
+    assert not bool(detector.statistics.ready)
+    x = torch.rand(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        raw = detector.raw_scores(x)
+    residual = x - BlurGenerator()(x)["recon"]  # sigma 0: no smoothing
+    torch.testing.assert_close(raw["residual"], residual)
+    torch.testing.assert_close(raw["recon_error"], (residual / (1 + 1e-3)).square().mean((1, 2, 3)))
+
+
+def test_residual_where_every_normal_has_it_does_not_count() -> None:
+    """A bright square where every training image has it does not raise the score; the same square where
+    training images have none does. The mean absolute error counts both squares alike."""
+    detector = make_detector(ConstantGenerator(), score_kind="reconstruction", residual_sigma=1.0)
+    train = normal_images(60, seed=2)
+    with torch.no_grad():
+        raw = detector.raw_scores(train)
+        detector.update_statistics(raw["disc_logit"], raw["residual"])
+        train_scores = detector.raw_scores(train)["recon_error"]
+        normal = detector.raw_scores(normal_images(10, seed=3))
+        abnormal = detector.raw_scores(normal_images(10, seed=3, squares=((4, 4), (20, 20))))
+        plain = detector.raw_scores(normal_images(10, seed=3, squares=()))
+    # the normal test images score like the training images; the extra square raises the score far above them
+    assert float(normal["recon_error"].max()) < 1.5 * float(train_scores.max())
+    assert float(abnormal["recon_error"].min()) > 20 * float(normal["recon_error"].max())
+    # the mean absolute error: the square every normal has adds as much as the one no normal has
+    mae = {name: out["anomaly_map"].mean((1, 2, 3)) for name, out in
+           (("plain", plain), ("normal", normal), ("abnormal", abnormal))}
+    torch.testing.assert_close(mae["normal"] - mae["plain"], mae["abnormal"] - mae["normal"], atol=0, rtol=0.1)
+
+
+def test_statistics_round_trip_through_the_state_dict() -> None:
+    source = make_detector()
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        raw = source.raw_scores(x)
+        source.update_statistics(raw["disc_logit"], raw["residual"])
+    source.statistics.threshold.fill_(0.3)
+    state = source.state_dict()
+    assert {"statistics.pixel_mean", "statistics.pixel_std"} <= set(state)
+    assert not any("smoothing" in key for key in state)  # derived from the constructor arguments
+
+    target = make_detector()
+    target.load_state_dict(state)
+    for name, buffer in source.statistics.state_dict().items():
+        assert torch.equal(target.statistics.state_dict()[name], buffer), name
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+
+
+def test_state_dict_without_pixel_statistics_loads_as_not_measured(caplog) -> None:
+    measured = make_detector()
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        raw = measured.raw_scores(x)
+        measured.update_statistics(raw["disc_logit"], raw["residual"])
+    old = {k: v for k, v in measured.state_dict().items() if not k.startswith("statistics.pixel_")}
+    old["statistics.mean"] = torch.tensor([0.1, 0.2])
+    old["statistics.threshold"] = torch.tensor(0.7)
+    assert bool(old["statistics.ready"])
+
+    measured.load_state_dict(old)  # strict: the older state dict still loads
+    statistics = measured.statistics
+    assert not bool(statistics.ready)
+    assert torch.equal(statistics.pixel_mean, torch.zeros(1, 1, SIZE, SIZE))
+    assert torch.equal(statistics.pixel_std, torch.ones(1, 1, SIZE, SIZE))
+    torch.testing.assert_close(statistics.mean, torch.tensor([0.1, 0.2]))
+    assert float(statistics.threshold) == pytest.approx(0.7)
+    assert "measured again" in caplog.text
+
+    missing_other = dict(old)
+    del missing_other["statistics.threshold"]
+    with pytest.raises(RuntimeError, match="statistics.threshold"):  # only the per-pixel buffers may be absent
+        make_detector().load_state_dict(missing_other)
+    wrong_size = make_detector().state_dict()
+    wrong_size["statistics.pixel_mean"] = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(RuntimeError, match="pixel_mean"):
+        make_detector().load_state_dict(wrong_size)
+
+
+def test_compute_score_statistics_uses_the_first_max_images() -> None:
+    detector = make_detector(residual_sigma=1.0).train()
+    images = torch.rand(10, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    loader = [{"image": images[i:i + 3]} for i in range(0, 10, 3)]
+    compute_score_statistics(detector, loader, "cpu", max_images=7)
+    assert detector.training  # scored in eval mode, then given back in the mode it had
+
+    reference = make_detector(residual_sigma=1.0)
+    with torch.no_grad():
+        raw = reference.raw_scores(images[:7])
+        reference.update_statistics(raw["disc_logit"], raw["residual"])
+    for name, buffer in reference.statistics.state_dict().items():
+        torch.testing.assert_close(detector.statistics.state_dict()[name], buffer, atol=1e-6, rtol=1e-6)
+
+
+def test_traced_detector_matches_eager() -> None:
+    detector = make_detector(score_kind="reconstruction", residual_sigma=1.0)
+    with torch.no_grad():
+        raw = detector.raw_scores(torch.rand(8, 1, SIZE, SIZE))
+        detector.update_statistics(raw["disc_logit"], raw["residual"])
+        traced = torch.jit.trace(detector, torch.rand(1, 1, SIZE, SIZE))
+        x = torch.rand(4, 1, SIZE, SIZE)
+        for got, want in zip(traced(x), detector(x)):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_constructor_arguments() -> None:
+    discriminator = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1))
+    detector = AnomalyDetector(BlurGenerator(img_size=SIZE), discriminator)
+    assert detector.statistics.pixel_mean.shape == (1, 1, SIZE, SIZE)
+    assert detector.residual_sigma == SIZE / 64
+    assert detector.top_k == max(1, int(0.01 * SIZE * SIZE))
+    with pytest.raises(ValueError, match="img_size"):
+        AnomalyDetector(BlurGenerator(), discriminator)
+    for kwargs in ({"residual_sigma": -1.0}, {"residual_top_fraction": 0.0}, {"residual_top_fraction": 1.5},
+                   {"score_kind": "mse"}):
+        with pytest.raises(ValueError):
+            AnomalyDetector(BlurGenerator(), discriminator, img_size=SIZE, **kwargs)
+    with pytest.raises(ValueError, match="residuals must be"):
+        ScoreStatistics(SIZE).update_pixels(torch.zeros(2, 1, 16, 16))
+
+
+def test_residual_is_smoothed_in_float32_under_autocast() -> None:
+    detector = make_detector(residual_sigma=1.0)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        want = detector.raw_scores(x)["residual"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = detector.raw_scores(x)["residual"]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
