@@ -105,3 +105,46 @@ def test_rng_state_warns_when_the_random_transforms_changed(caplog):
         RNGState(transforms=transform).load_state_dict(saved)
     assert "root.transforms.2" in caplog.text  # the saved noise transform has no counterpart now
     assert "root.transforms.0" in caplog.text  # the new first transform has no saved state
+
+
+def _detector(img_size: int) -> torch.nn.Module:
+    """A tiny module with the detector's per-pixel statistics and a size-dependent weight."""
+    from scripts.detector import ScoreStatistics
+
+    module = torch.nn.Module()
+    module.statistics = ScoreStatistics(img_size)
+    module.head = torch.nn.Linear(img_size * img_size, 1)
+    return module
+
+
+def test_checkpoint_loader_names_the_trained_img_size(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.workflow import CheckpointFileLoader
+
+    path = tmp_path / "model.pt"
+    trained = _detector(16)
+    trained.head.weight.data.fill_(0.25)
+    save_atomic(trained.state_dict(), path)
+    engine = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match=r"model\.pt does not fit .*img_size 16, this config builds 32: pass '--img_size 16'"):
+        CheckpointFileLoader(load_path=path, load_dict={"model": _detector(32)})(engine)
+    same_size = _detector(16)
+    same_size.extra = torch.nn.Linear(2, 2)  # another setting differs: the message cannot name it, says what to pass
+    with pytest.raises(ValueError, match="pass the network settings it was trained with"):
+        CheckpointFileLoader(load_path=path, load_dict={"model": same_size})(engine)
+    fits = _detector(16)
+    CheckpointFileLoader(load_path=path, load_dict={"model": fits})(engine)
+    assert torch.equal(fits.head.weight, torch.full((1, 256), 0.25))
+
+
+def test_checkpoint_loader_reports_an_unreadable_file(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.workflow import CheckpointFileLoader
+
+    path = tmp_path / "model.pt"
+    save_atomic(_detector(16).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"model\.pt cannot be read"):
+        CheckpointFileLoader(load_path=path, load_dict={"model": _detector(16)})(Engine(lambda e, b: None))

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
 from .datalist import find_datalist
@@ -85,6 +87,51 @@ class CheckpointFileLoader(CheckpointLoader):
         if not Path(load_path).is_file():
             raise FileNotFoundError(f"checkpoint {load_path} does not exist: {hint}.")
         super().__init__(load_path=str(load_path), load_dict=dict(load_dict), **kwargs)
+
+    def __call__(self, engine: Engine) -> None:
+        """Restore ``load_dict`` from the file.
+
+        Raises:
+            ValueError: the file is not a readable checkpoint, or its tensors do not fit the networks this config
+                builds (the message names the ``img_size`` the checkpoint was trained at when that differs).
+        """
+        from .checkpoint import load_checkpoint  # checkpoint imports this module
+
+        try:
+            super().__call__(engine)
+        except RuntimeError as e:
+            if "loading state_dict" not in str(e):
+                load_checkpoint(self.load_path)  # raises the clear error when the file itself is unreadable
+                raise
+            raise ValueError(self._mismatch_message(e)) from e
+        except Exception:
+            load_checkpoint(self.load_path)
+            raise
+
+    def _mismatch_message(self, error: RuntimeError) -> str:
+        from .checkpoint import load_checkpoint
+
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        saved = _img_size(load_checkpoint(self.load_path))
+        built = _img_size({k: v.state_dict() for k, v in self.load_dict.items() if hasattr(v, "state_dict")})
+        if saved is not None and built is not None and saved != built:
+            todo = f"it was trained at img_size {saved}, this config builds {built}: pass '--img_size {saved}'"
+        else:
+            todo = "pass the network settings it was trained with (img_size, num_patch, level, features_root, ...)"
+        return (f"checkpoint {self.load_path} does not fit the network this config builds; {todo}. "
+                f"First difference: {details[0] if details else error}")
+
+
+def _img_size(state: Mapping[str, Any]) -> int | None:
+    """The image size of the detector's per-pixel score statistics found anywhere in a (nested) state dict."""
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            found = _img_size(value)
+            if found is not None:
+                return found
+        elif str(key).endswith("pixel_mean") and isinstance(value, torch.Tensor) and value.ndim == 4:
+            return int(value.shape[-1])
+    return None
 
 
 class ResumeLoader(CheckpointFileLoader):
