@@ -209,7 +209,8 @@ def test_config_properties_and_network_match_train(results) -> None:
     for train_id, infer_id in (("network_def", "generator_def"), ("discriminator_def", "discriminator_def")):
         assert train[train_id] == infer[infer_id]
         for ref in (v for v in train[train_id].values() if isinstance(v, str) and v.startswith("@")):
-            assert infer[ref[1:]] == train[ref[1:]], ref
+            if ref != "@img_size":  # training: from the data; inference: from the model file (tested below)
+                assert infer[ref[1:]] == train[ref[1:]], ref
     assert infer["network_def"]["_target_"] == "scripts.detector.AnomalyDetector"
     # the same scores: the same score kind and reconstruction-score settings
     for key in ("score_kind", "residual_sigma", "residual_top_fraction"):
@@ -223,6 +224,31 @@ def test_config_properties_and_network_match_train(results) -> None:
     assert infer["dataset"]["_target_"] == "Dataset" and infer["num_workers"] > 0
     assert infer["dataset_dir"] == "@input_dir"
     assert infer["postprocessing"]["transforms"][0]["names"] == list(METADATA["network_data_format"]["outputs"])
+
+
+def test_img_size_follows_the_data_in_training_and_the_model_file_in_inference(tmp_path) -> None:
+    def img_size(config: str, **override) -> int:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser.update({"bundle_root": str(tmp_path), **override})
+        return parser.get_parsed_content("img_size")
+
+    # the built-in synthetic set trains at 64 (its 30-minute CPU demo), any other data at the reference 128
+    assert img_size("train.json") == 64
+    assert img_size("train.json", dataset_dir=str(tmp_path / "data" / ".." / "data" / "synthetic")) == 64
+    assert img_size("train.json", dataset_dir=str(tmp_path / "zhanglab")) == 128
+    assert img_size("train.json", dataset_dir=str(tmp_path / "zhanglab"), img_size=256) == 256
+    # inference builds the network at the size of the model file it loads; 128 when there is none yet
+    assert img_size("inference.json") == 128
+    model_pt = tmp_path / "models" / "model.pt"
+    model_pt.parent.mkdir()
+    torch.save(tiny_detector().state_dict(), model_pt)
+    assert img_size("inference.json") == INFER_TINY["img_size"] != 128
+    assert img_size("inference.json", ckpt_path=str(tmp_path / "elsewhere.pt")) == 128
+    model_pt.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="trained_img_size") as error:  # MONAI wraps the expression's error
+        img_size("inference.json")
+    assert isinstance(error.value.__cause__, ValueError) and "model.pt cannot be read" in str(error.value.__cause__)
 
 
 def test_csv_has_one_row_per_input_with_the_detectors_scores(results, folder, model) -> None:

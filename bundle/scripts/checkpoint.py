@@ -18,7 +18,7 @@ from .distributed import is_main_process
 from .workflow import as_bool
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "check_new_run", "find_randomizable", "RNGState", "TrainingCheckpointer"
+    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size", "check_new_run", "find_randomizable", "RNGState", "TrainingCheckpointer"
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict of state dicts.")
     return dict(ckpt)
+
+
+def state_img_size(state: Mapping[str, Any]) -> int | None:
+    """The image size of the detector's per-pixel score statistics (``...pixel_mean``, 1 x 1 x H x W) found anywhere
+    in a (nested) state dict, or ``None`` when it holds none."""
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            found = state_img_size(value)
+            if found is not None:
+                return found
+        elif str(key).endswith("pixel_mean") and isinstance(value, torch.Tensor) and value.ndim == 4:
+            return int(value.shape[-1])
+    return None
+
+
+def trained_img_size(path: str | os.PathLike, default: int) -> int:
+    """The ``img_size`` the model file ``path`` was trained at, so that inference and export build the network it
+    fits; ``default`` when the file does not exist (the loader then says what to do) or holds no statistics.
+
+    Raises:
+        ValueError: the file exists but is not a readable checkpoint (names the file).
+    """
+    if not Path(path).is_file():
+        return default
+    size = state_img_size(load_checkpoint(path))
+    return default if size is None else size
 
 
 def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:

@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader
 from .datalist import find_datalist
 from .synthetic import ensure_synthetic_dataset
 
-__all__ = ["as_bool", "prepare_datalist", "require_split", "CheckpointFileLoader", "ResumeLoader"]
+__all__ = ["as_bool", "is_synthetic_dir", "prepare_datalist", "require_split", "CheckpointFileLoader", "ResumeLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ def as_bool(value: Any, name: str = "flag") -> bool:
     raise ValueError(f"'{name}' must be true or false, got {value!r}.")
 
 
+def is_synthetic_dir(dataset_dir: str | os.PathLike, synthetic_dir: str | os.PathLike) -> bool:
+    """Whether ``dataset_dir`` is the bundle's built-in synthetic folder (the same folder, however it is spelt)."""
+    return Path(dataset_dir).resolve() == Path(synthetic_dir).resolve()
+
+
 def prepare_datalist(
     dataset_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, **synthetic_kwargs: Any
 ) -> dict[str, list[dict]]:
@@ -52,7 +57,7 @@ def prepare_datalist(
             mistyped real path is reported instead of silently replaced by synthetic data.
         synthetic_kwargs: passed to :func:`scripts.synthetic.ensure_synthetic_dataset`.
     """
-    if Path(dataset_dir).resolve() == Path(synthetic_dir).resolve():
+    if is_synthetic_dir(dataset_dir, synthetic_dir):
         ensure_synthetic_dataset(synthetic_dir, **synthetic_kwargs)
     return find_datalist(dataset_dir)
 
@@ -109,11 +114,11 @@ class CheckpointFileLoader(CheckpointLoader):
             raise
 
     def _mismatch_message(self, error: RuntimeError) -> str:
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint, state_img_size
 
         details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        saved = _img_size(load_checkpoint(self.load_path))
-        built = _img_size({k: v.state_dict() for k, v in self.load_dict.items() if hasattr(v, "state_dict")})
+        saved = state_img_size(load_checkpoint(self.load_path))
+        built = state_img_size({k: v.state_dict() for k, v in self.load_dict.items() if hasattr(v, "state_dict")})
         if saved is not None and built is not None and saved != built:
             todo = f"it was trained at img_size {saved}, this config builds {built}: pass '--img_size {saved}'"
         else:
@@ -121,17 +126,6 @@ class CheckpointFileLoader(CheckpointLoader):
         return (f"checkpoint {self.load_path} does not fit the network this config builds; {todo}. "
                 f"First difference: {details[0] if details else error}")
 
-
-def _img_size(state: Mapping[str, Any]) -> int | None:
-    """The image size of the detector's per-pixel score statistics found anywhere in a (nested) state dict."""
-    for key, value in state.items():
-        if isinstance(value, Mapping):
-            found = _img_size(value)
-            if found is not None:
-                return found
-        elif str(key).endswith("pixel_mean") and isinstance(value, torch.Tensor) and value.ndim == 4:
-            return int(value.shape[-1])
-    return None
 
 
 class ResumeLoader(CheckpointFileLoader):
