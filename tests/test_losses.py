@@ -132,6 +132,16 @@ def test_separable_ssim_equals_monai_ssim_loss(shape, win_size, sigma, data_rang
         SeparableSSIMLoss()(pred, target[:, :, 1:])
 
 
+def test_generator_loss_takes_a_precomputed_distillation_term():
+    outputs, target = _outputs()
+    fake_logits = torch.zeros(2, 1)
+    precomputed = torch.tensor(0.125, requires_grad=True)
+    terms = GeneratorLoss(distill_weight=2.0)({**outputs, "distill": precomputed}, target, fake_logits)
+    assert float(terms["distill"]) == 0.125  # not recomputed from the feature lists
+    terms["total"].backward()
+    assert float(precomputed.grad) == 2.0
+
+
 def test_distillation_loss_checks_lengths():
     with pytest.raises(ValueError):
         distillation_loss([torch.ones(1)], [])

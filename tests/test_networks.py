@@ -255,6 +255,27 @@ def test_gradients_reach_every_trainable_parameter():
     assert all(not b.requires_grad for b in gen.buffers())
 
 
+def test_distillation_computed_in_the_teacher_pass_equals_the_loss_of_the_feature_lists():
+    gen = small_generator(img_size=64, num_patch=2).train()
+    x = images(2, 64)
+    torch.manual_seed(5)
+    out = gen(x)
+    pairs = list(zip(out["student_features"], out["teacher_features"]))
+    assert len(pairs) == 4
+    from_lists = sum(F.mse_loss(s, t) for s, t in pairs)
+    assert torch.allclose(out["distill"], from_lists, rtol=1e-6)
+    params = [p for p in gen.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out["distill"], params, retain_graph=True, allow_unused=True)
+    expected = torch.autograd.grad(from_lists, params, allow_unused=True)
+    assert sum(g is not None for g in grads) > 50  # student and teacher decoders (and what feeds the student)
+    for g, e in zip(grads, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert torch.allclose(g, e, rtol=1e-5, atol=1e-9)
+    # the loss uses it as is; without a teacher there is none
+    assert "distill" not in small_generator(dist=False).train()(x)
+
+
 def test_state_dict_roundtrip_restores_queue_and_pointer():
     gen = small_generator(seed=0).train()
     for seed in (1, 2, 3):

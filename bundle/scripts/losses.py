@@ -125,7 +125,9 @@ class GeneratorLoss(nn.Module):
         """
         Args:
             outputs: the generator's training output: ``"recon"`` (``B x C x H x W``), optionally
-                ``"teacher_recon"`` (same shape) and ``"student_features"``/``"teacher_features"``.
+                ``"teacher_recon"`` (same shape) and either ``"distill"`` (the distillation loss, a scalar, as
+                :class:`~scripts.networks.SimSIDGenerator` computes it) or ``"student_features"``/
+                ``"teacher_features"`` to compute it from.
             target: ``B x C x H x W`` input images in [0, 1].
             fake_logits: ``B x 1`` discriminator logits of ``outputs["recon"]``.
 
@@ -142,7 +144,9 @@ class GeneratorLoss(nn.Module):
             terms["teacher"] = F.mse_loss(teacher.float(), target) if isinstance(teacher, Tensor) else zero
             student_features = outputs.get("student_features", [])
             teacher_features = outputs.get("teacher_features", [])
-            if teacher_features:
+            if isinstance(outputs.get("distill"), Tensor):  # computed by the generator as its features were made
+                terms["distill"] = outputs["distill"].float()
+            elif teacher_features:
                 terms["distill"] = distillation_loss(student_features, teacher_features).to(zero)
             else:
                 terms["distill"] = zero

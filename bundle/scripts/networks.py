@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .blocks import SEResBlock, UpBlock, binary_position_code, conv_norm_act, patchify, unpatchify
 from .memory import DecoderMemory, SpaceAwareMemoryQueue
+from .losses import distillation_loss
 
 __all__ = ["neighbour_index", "InpaintBlock", "Decoder", "SimSIDGenerator", "Discriminator"]
 
@@ -161,8 +162,11 @@ class Decoder(nn.Module):
 
     Shapes: ``x: (B * P) x features[level] x h x w``, ``skips[i]``: encoder feature before down block ``i``
     (``None`` where the level's op is ``"none"``) -> (``B x out_channels x H x W`` image, list of ``level``
-    decoder features, deepest first).
-    ``memory_format`` is the layout the features are kept in.
+    decoder features, deepest first, distillation loss).
+    ``memory_format`` is the layout the features are kept in. With ``distill_targets`` (another decoder's
+    features, deepest first) the distillation loss ``sum_l MSE(distill_targets[l], features[l])`` is computed
+    level by level as each feature is made (``None`` without targets): its backward then runs level by level
+    too, instead of materialising the gradients of every level's features at once at the start of backward.
     """
 
     def __init__(
@@ -187,18 +191,27 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(features[0], out_channels, kernel_size=1)
 
     def forward(
-        self, x: Tensor, skips: Sequence[Tensor | None], memory_format: torch.memory_format = torch.contiguous_format
-    ) -> tuple[Tensor, list[Tensor]]:
+        self,
+        x: Tensor,
+        skips: Sequence[Tensor | None],
+        memory_format: torch.memory_format = torch.contiguous_format,
+        distill_targets: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
         level = len(self.ups)
-        features = []
+        if distill_targets is not None and len(distill_targets) != level:
+            raise ValueError(f"need one distillation target per decoder level ({level}), got {len(distill_targets)}.")
+        features, distill = [], None
         for i, (up, memory) in enumerate(zip(self.ups, self.memories)):
             if i == self.combine_at:
                 x = unpatchify(x, self.num_patch, memory_format)
             x = memory(up(x, skips[level - 1 - i])).contiguous(memory_format=memory_format)
             features.append(x)
+            if distill_targets is not None:
+                term = distillation_loss([distill_targets[i]], [x])
+                distill = term if distill is None else distill + term
         if self.combine_at == level:
             x = unpatchify(x, self.num_patch, memory_format)
-        return torch.sigmoid(self.head(x)), features
+        return torch.sigmoid(self.head(x)), features, distill
 
 
 class SimSIDGenerator(nn.Module):
@@ -232,7 +245,8 @@ class SimSIDGenerator(nn.Module):
     ``forward(x)`` with ``x: B x in_channels x img_size x img_size`` in [0, 1] returns
     ``{"recon": B x in_channels x H x W}`` in eval mode; in training also ``"teacher_recon"`` (if ``dist``),
     ``"student_features"``/``"teacher_features"`` (lists of decoder features, deepest first; the teacher's
-    empty without ``dist``) and ``"queries"`` (``B x P x D`` detached queue queries, to be passed to
+    empty without ``dist``), ``"distill"`` (if ``dist``: the distillation loss over those lists, computed
+    level by level in the teacher pass, see :class:`Decoder`) and ``"queries"`` (``B x P x D`` detached queue queries, to be passed to
     :meth:`write_memory` after the optimiser step).
     """
 
@@ -328,7 +342,7 @@ class SimSIDGenerator(nn.Module):
         bottleneck, skips = self.encode(x, memory_format)
         inpainted, queries = self.inpaint(bottleneck)
         inpainted = inpainted.contiguous(memory_format=memory_format)
-        recon, student_features = self.decoder(inpainted, skips, memory_format)
+        recon, student_features, _ = self.decoder(inpainted, skips, memory_format)
         recon = recon.contiguous()
         if not self.training:
             return {"recon": recon}
@@ -340,8 +354,11 @@ class SimSIDGenerator(nn.Module):
         teacher_features: list[Tensor] = []
         if self.teacher is not None:
             detached = [None if s is None else s.detach() for s in skips]
-            teacher_recon, teacher_features = self.teacher(bottleneck.detach(), detached, memory_format)
+            teacher_recon, teacher_features, distill = self.teacher(
+                bottleneck.detach(), detached, memory_format, distill_targets=student_features
+            )
             out["teacher_recon"] = teacher_recon.contiguous()
+            out["distill"] = distill
         out["teacher_features"] = teacher_features
         return out
 
