@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
+from scripts.host_memory import set_malloc_mmap_threshold  # noqa: E402
 from scripts.losses import GeneratorLoss  # noqa: E402
 from scripts.networks import Discriminator, SimSIDGenerator  # noqa: E402
 
@@ -41,6 +42,7 @@ def _measure(mode: str, precision: str, args: argparse.Namespace) -> dict:
     """Run ``warmup + repeats`` iterations of one mode; return the per-iteration seconds and peak RSS."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    set_malloc_mmap_threshold(args.malloc_mmap_threshold)
     generator, discriminator = SimSIDGenerator(img_size=args.img_size), Discriminator(img_size=args.img_size)
     x = torch.rand(args.batch, 1, args.img_size, args.img_size)
     times = []
@@ -91,6 +93,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--no-fused-adam", dest="fused_adam", action="store_false", help="for-loop Adam")
+    parser.add_argument(
+        "--malloc-mmap-threshold", type=int, default=16 * 1024 * 1024,
+        help="glibc mmap threshold in bytes, as train.json's malloc_mmap_threshold sets it (0: glibc's adaptive one)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 

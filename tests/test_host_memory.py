@@ -1,0 +1,80 @@
+"""glibc's mmap threshold, fixed for training (``scripts.host_memory``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bundle_utils import BUNDLE
+from scripts.host_memory import set_malloc_mmap_threshold
+
+PROBE = textwrap.dedent("""
+    import ctypes, sys
+    from scripts.host_memory import set_malloc_mmap_threshold
+
+    applied = set_malloc_mmap_threshold(int(sys.argv[1]))  # first, as the training configs do
+    import torch
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+
+    def mapped_by(n):  # bytes of mapped blocks added while a tensor of n floats is alive
+        before = libc.mallinfo2().hblkhd
+        x = torch.empty(n)
+        grown = libc.mallinfo2().hblkhd - before
+        del x
+        return grown
+
+    n = 1 << 20  # 4 MiB
+    first = mapped_by(n)
+    print(applied, first, mapped_by(n))
+""")
+
+
+def _probe(threshold: int) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(threshold)], cwd=BUNDLE, capture_output=True, text=True,
+                         check=True)
+    applied, first, second = out.stdout.split()
+    return applied, int(first), int(second)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_fixed_threshold_maps_blocks_that_the_adaptive_one_keeps_on_the_heap() -> None:
+    applied, first, second = _probe(0)
+    assert applied == "False"
+    # glibc's adaptive threshold: the first 4 MiB block is mapped, freeing it raises the threshold above 4 MiB,
+    # so the next one comes from the heap (and stays resident there when freed)
+    assert first >= 4 * 1024 * 1024 and second == 0
+    applied, first, second = _probe(1 << 20)
+    assert applied == "True"
+    assert first >= 4 * 1024 * 1024 and second >= 4 * 1024 * 1024  # every 4 MiB block has its own mapping
+
+
+def test_threshold_values() -> None:
+    assert set_malloc_mmap_threshold(None) is False and set_malloc_mmap_threshold(0) is False
+    for bad in (-1, 64 * 1024 * 1024):
+        with pytest.raises(ValueError, match="malloc_mmap_threshold"):
+            set_malloc_mmap_threshold(bad)
+
+
+def test_training_configs_fix_the_threshold_before_anything_is_built() -> None:
+    from monai.bundle import ConfigParser
+
+    from bundle_utils import CONFIGS
+
+    for files in (["train.json"], ["train.json", "multi_gpu_train.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        steps = parser["initialize"]
+        index = steps.index("$scripts.host_memory.set_malloc_mmap_threshold(@malloc_mmap_threshold)")
+        assert index < min(i for i, step in enumerate(steps) if "@" in step and "set_malloc" not in step
+                           and "init_distributed" not in step)  # before any step that builds components
+        assert parser.get_parsed_content("malloc_mmap_threshold") == 16 * 1024 * 1024
