@@ -385,6 +385,8 @@ def test_queue_write_is_identical_on_every_rank(tmp_path):
     "block, needs_grad",
     [
         ("se", (True,)),
+        ("stem", (True,)),  # first convolution recomputed in backward
+        ("stem", (False,)),  # as in the generator: the image needs no gradient
         ("up-concat", (True, True)),
         ("up-concat", (True, False)),  # teacher decoder below the bottleneck: detached skip
         ("up-concat", (False, False)),  # teacher's first level: detached input and skip
@@ -400,6 +402,8 @@ def test_lean_training_path_matches_plain_modules(block, needs_grad, monkeypatch
     torch.manual_seed(0)
     if block == "se":
         lean, inputs = SEResBlock(6, 12, stride=2, se_reduction=4), [torch.randn(3, 6, 10, 10)]
+    elif block == "stem":
+        lean, inputs = SEResBlock(1, 12, se_reduction=4, recompute_first_conv=True), [torch.rand(3, 1, 10, 10)]
     else:
         lean = UpBlock(12, 6, 6, op=block.split("-")[1], se_reduction=4)
         inputs = [torch.randn(3, 12, 5, 5)] + ([torch.randn(3, 6, 10, 10)] if block == "up-concat" else [])
@@ -444,6 +448,26 @@ def test_lean_training_keeps_fewer_activations(monkeypatch):
     monkeypatch.setattr(scripts.blocks, "_lean_training", lambda m: False)
     plain = saved_bytes()
     assert lean < 0.65 * plain
+
+
+def test_stem_recomputes_its_first_convolution_instead_of_keeping_it():
+    x = torch.rand(4, 1, 16, 16)
+
+    def saved_bytes(recompute: bool) -> int:
+        torch.manual_seed(0)
+        block = SEResBlock(1, 12, se_reduction=4, recompute_first_conv=recompute).train()
+        storages = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if not isinstance(t, torch.nn.Parameter):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x.requires_grad_(False))
+        return sum(storages.values())
+
+    assert saved_bytes(False) - saved_bytes(True) == 4 * 12 * 16 * 16 * 4  # one 12-channel fp32 activation
 
 
 @pytest.mark.parametrize("num_patch", [2, 3])

@@ -152,6 +152,43 @@ def _memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _bn_relu_conv(c: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, bn: nn.BatchNorm2d,
+                  conv: nn.Conv2d) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``y = ReLU(BN(c))`` on batch statistics (updating the running ones) and ``z = conv(y)``, in the dtype of ``c``.
+
+    Returns ``z, y`` and the batch ``mean, invstd``.
+    """
+    momentum = _bn_update_momentum(bn)
+    y, mean, invstd = torch.ops.aten.native_batch_norm(
+        c, bn_weight, bn_bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
+    )
+    y = y.relu_()
+    return F.conv2d(y, conv_weight.to(c.dtype), None, *_conv_args(conv)), y, mean, invstd
+
+
+def _bn_relu_conv_backward(
+    grad_z: Tensor, grad_y: Tensor | None, c: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
+    mean: Tensor, invstd: Tensor, eps: float, conv_args: tuple, needs: Sequence[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Backward of :func:`_bn_relu_conv`, recomputing ``y`` from ``c``: gradients of ``c``, the BN weight and bias and
+    the conv weight (``None`` where ``needs`` says so). ``grad_y`` (may be ``None``) is ``y``'s own gradient."""
+    scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd, c.dtype)
+    y = torch.addcmul(shift, c, scale).relu_()
+    grad_act, grad_conv_weight, _ = torch.ops.aten.convolution_backward(
+        grad_z, y, conv_weight.to(c.dtype), None, *_backward_args(conv_args), [True, needs[3], False]
+    )
+    if grad_y is not None:
+        grad_act += grad_y
+    torch.ops.aten.threshold_backward.grad_input(grad_act, y, 0, grad_input=grad_act)  # ReLU, in place
+    del y
+    grad_c, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_act, c, bn_weight, None, None, mean, invstd, True, eps, list(needs[:3])
+    )
+    if grad_conv_weight is not None:
+        grad_conv_weight = grad_conv_weight.to(conv_weight.dtype)
+    return grad_c, grad_bn_weight, grad_bn_bias, grad_conv_weight
+
+
 class _BatchNormReLUConv(torch.autograd.Function):
     """``z = conv(ReLU(BN(c)))`` with BN on batch statistics, keeping only ``c`` for backward.
 
@@ -164,12 +201,7 @@ class _BatchNormReLUConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c, bn_weight, bn_bias, conv_weight, bn, conv, return_act):
         with torch.autocast(device_type=c.device.type, enabled=False):
-            momentum = _bn_update_momentum(bn)
-            y, mean, invstd = torch.ops.aten.native_batch_norm(
-                c, bn_weight, bn_bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
-            )
-            y = y.relu_()
-            z = F.conv2d(y, conv_weight.to(c.dtype), None, *_conv_args(conv))
+            z, y, mean, invstd = _bn_relu_conv(c, bn_weight, bn_bias, conv_weight, bn, conv)
         ctx.save_for_backward(c, bn_weight, bn_bias, conv_weight, mean, invstd)
         ctx.eps, ctx.conv_args = bn.eps, _conv_args(conv)
         ctx.set_materialize_grads(False)
@@ -179,22 +211,54 @@ class _BatchNormReLUConv(torch.autograd.Function):
     def backward(ctx, grad_z, grad_y=None):
         c, bn_weight, bn_bias, conv_weight, mean, invstd = ctx.saved_tensors
         with torch.autocast(device_type=c.device.type, enabled=False):
-            scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd, c.dtype)
-            y = torch.addcmul(shift, c, scale).relu_()
-            grad_act, grad_conv_weight, _ = torch.ops.aten.convolution_backward(
-                grad_z, y, conv_weight.to(c.dtype), None, *_backward_args(ctx.conv_args),
-                [True, ctx.needs_input_grad[3], False],
+            grads = _bn_relu_conv_backward(grad_z, grad_y, c, bn_weight, bn_bias, conv_weight, mean, invstd, ctx.eps,
+                                           ctx.conv_args, ctx.needs_input_grad[:4])
+        return *grads, None, None, None
+
+
+class _ConvBatchNormReLUConv(torch.autograd.Function):
+    """``c = conv_in(x)``, then ``z, y`` of :class:`_BatchNormReLUConv`, keeping only ``x`` for backward.
+
+    For a block whose input has few channels (the stem's one-channel image) recomputing ``c`` in backward
+    costs little (``in_channels`` multiply-adds per output value and tap) and saves storing it, a full
+    ``out_channels`` activation at the highest resolution. Returns ``(z, y)``. Runs in the autocast dtype when
+    autocast is on, else in the dtype of ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, conv_in_weight, bn_weight, bn_bias, conv_weight, conv_in, bn, conv):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device_type=device, enabled=False):
+            c = F.conv2d(x.to(dtype), conv_in_weight.to(dtype), None, *_conv_args(conv_in))
+            z, y, mean, invstd = _bn_relu_conv(c, bn_weight, bn_bias, conv_weight, bn, conv)
+        ctx.save_for_backward(x, conv_in_weight, bn_weight, bn_bias, conv_weight, mean, invstd)
+        ctx.eps, ctx.conv_in_args, ctx.conv_args, ctx.dtype = bn.eps, _conv_args(conv_in), _conv_args(conv), dtype
+        ctx.set_materialize_grads(False)
+        return z, y
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_y=None):
+        x, conv_in_weight, bn_weight, bn_bias, conv_weight, mean, invstd = ctx.saved_tensors
+        need_x, need_conv_in = ctx.needs_input_grad[:2]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            inputs, weight_in = x.to(ctx.dtype), conv_in_weight.to(ctx.dtype)
+            c = F.conv2d(inputs, weight_in, None, *ctx.conv_in_args)
+            grad_c, *grads = _bn_relu_conv_backward(
+                grad_z, grad_y, c, bn_weight, bn_bias, conv_weight, mean, invstd, ctx.eps, ctx.conv_args,
+                [need_x or need_conv_in, *ctx.needs_input_grad[2:5]],
             )
-            if grad_y is not None:
-                grad_act += grad_y
-            torch.ops.aten.threshold_backward.grad_input(grad_act, y, 0, grad_input=grad_act)  # ReLU, in place
-            del y
-            grad_c, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-                grad_act, c, bn_weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
-            )
-        if grad_conv_weight is not None:
-            grad_conv_weight = grad_conv_weight.to(conv_weight.dtype)
-        return grad_c, grad_bn_weight, grad_bn_bias, grad_conv_weight, None, None, None
+            del c
+            grad_x = grad_conv_in = None
+            if grad_c is not None:
+                grad_x, grad_conv_in, _ = torch.ops.aten.convolution_backward(
+                    grad_c, inputs, weight_in, None, *_backward_args(ctx.conv_in_args), [need_x, need_conv_in, False]
+                )
+        if grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+        if grad_conv_in is not None:
+            grad_conv_in = grad_conv_in.to(conv_in_weight.dtype)
+        return grad_x, grad_conv_in, *grads, None, None, None
 
 
 class _BatchNormSEAddReLU(torch.autograd.Function):
@@ -322,12 +386,22 @@ class SEResBlock(nn.Module):
         out_channels: output channels.
         stride: stride of the first convolution (2 halves the spatial size).
         se_reduction: reduction ratio of the SE layer.
+        recompute_first_conv: in the memory-lean training path, recompute the first convolution's output in
+            backward instead of keeping it (worth it where ``in_channels`` is small, as in the stem).
 
     Shapes: ``N x in_channels x H x W`` -> ``N x out_channels x ceil(H / stride) x ceil(W / stride)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, se_reduction: int = 24) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        se_reduction: int = 24,
+        recompute_first_conv: bool = False,
+    ) -> None:
         super().__init__()
+        self.recompute_first_conv = recompute_first_conv
         self.conv_in = conv_norm_act(in_channels, out_channels, stride=stride)
         self.conv_body = nn.Sequential(
             conv_norm_act(out_channels, out_channels), conv_norm_act(out_channels, out_channels, act=False)
@@ -335,6 +409,12 @@ class SEResBlock(nn.Module):
         self.se = ChannelSELayer(spatial_dims=2, in_channels=out_channels, r=min(se_reduction, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if _lean_training(self) and self.recompute_first_conv:
+            conv_in, bn1, conv2 = self.conv_in.conv, self.conv_in.adn.N, self.conv_body[0].conv
+            c2, shortcut = _ConvBatchNormReLUConv.apply(
+                x, conv_in.weight, bn1.weight, bn1.bias, conv2.weight, conv_in, bn1, conv2
+            )
+            return self._tail(c2, shortcut)
         if _lean_training(self):
             return self.forward_from_conv(self.conv_in.conv(x))
         if _folded_inference(self):
@@ -348,9 +428,13 @@ class SEResBlock(nn.Module):
     def forward_from_conv(self, c1: Tensor) -> Tensor:
         """Memory-lean training computation from the first convolution's output ``c1`` (before its BN)."""
         bn1, conv2 = self.conv_in.adn.N, self.conv_body[0].conv
+        c2, shortcut = _BatchNormReLUConv.apply(c1, bn1.weight, bn1.bias, conv2.weight, bn1, conv2, True)
+        return self._tail(c2, shortcut)
+
+    def _tail(self, c2: Tensor, shortcut: Tensor) -> Tensor:
+        """Memory-lean training computation from the second convolution's output ``c2`` and the shortcut."""
         bn2, conv3 = self.conv_body[0].adn.N, self.conv_body[1].conv
         bn3 = self.conv_body[1].adn.N
-        c2, shortcut = _BatchNormReLUConv.apply(c1, bn1.weight, bn1.bias, conv2.weight, bn1, conv2, True)
         c3 = _BatchNormReLUConv.apply(c2, bn2.weight, bn2.bias, conv3.weight, bn2, conv3, False)
         fc = self.se.fc
         return _BatchNormSEAddReLU.apply(c3, bn3.weight, bn3.bias, shortcut, bn3, fc, *fc.parameters())

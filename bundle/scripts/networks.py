@@ -287,7 +287,7 @@ class SimSIDGenerator(nn.Module):
         features = [features_root * 2**i for i in range(level + 1)]
         patch_size = img_size // num_patch
 
-        self.stem = SEResBlock(in_channels, features[0], se_reduction=se_reduction)
+        self.stem = SEResBlock(in_channels, features[0], se_reduction=se_reduction, recompute_first_conv=True)
         self.downs = nn.ModuleList(
             SEResBlock(features[i], features[i + 1], stride=2, se_reduction=se_reduction) for i in range(level)
         )
