@@ -42,7 +42,8 @@ def _measure(mode: str, precision: str, args: argparse.Namespace) -> dict:
     """Run ``warmup + repeats`` iterations of one mode; return the per-iteration seconds and peak RSS."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    set_malloc_mmap_threshold(args.malloc_mmap_threshold)
+    if mode == "train":  # as train.json does; inference.json leaves the allocator as it is
+        set_malloc_mmap_threshold(args.malloc_mmap_threshold)
     generator, discriminator = SimSIDGenerator(img_size=args.img_size), Discriminator(img_size=args.img_size)
     x = torch.rand(args.batch, 1, args.img_size, args.img_size)
     times = []
@@ -95,7 +96,8 @@ def main() -> None:
     parser.add_argument("--no-fused-adam", dest="fused_adam", action="store_false", help="for-loop Adam")
     parser.add_argument(
         "--malloc-mmap-threshold", type=int, default=16 * 1024 * 1024,
-        help="glibc mmap threshold in bytes, as train.json's malloc_mmap_threshold sets it (0: glibc's adaptive one)",
+        help="training: glibc mmap threshold in bytes, as train.json's malloc_mmap_threshold sets it (0: glibc's adaptive "
+        "one)",
     )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
