@@ -427,47 +427,37 @@ def test_lean_training_path_matches_plain_modules(block, needs_grad, monkeypatch
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name  # running statistics, batch counters
 
 
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages (parameters excluded) that ``module(x)`` keeps for backward."""
+    storages = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
 def test_lean_training_keeps_fewer_activations(monkeypatch):
     """The training path keeps about half the activation bytes the plain modules keep for backward."""
     gen = small_generator(img_size=64, num_patch=2).train()
     x = images(2, 64)
-
-    def saved_bytes() -> int:
-        storages = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if not isinstance(t, torch.nn.Parameter):
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            gen(x)
-        return sum(storages.values())
-
-    lean = saved_bytes()
+    lean = saved_bytes(gen, x)
     monkeypatch.setattr(scripts.blocks, "_lean_training", lambda m: False)
-    plain = saved_bytes()
+    plain = saved_bytes(gen, x)
     assert lean < 0.65 * plain
 
 
 def test_stem_recomputes_its_first_convolution_instead_of_keeping_it():
     x = torch.rand(4, 1, 16, 16)
-
-    def saved_bytes(recompute: bool) -> int:
+    kept = {}
+    for recompute in (False, True):
         torch.manual_seed(0)
-        block = SEResBlock(1, 12, se_reduction=4, recompute_first_conv=recompute).train()
-        storages = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if not isinstance(t, torch.nn.Parameter):
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            block(x.requires_grad_(False))
-        return sum(storages.values())
-
-    assert saved_bytes(False) - saved_bytes(True) == 4 * 12 * 16 * 16 * 4  # one 12-channel fp32 activation
+        kept[recompute] = saved_bytes(SEResBlock(1, 12, se_reduction=4, recompute_first_conv=recompute).train(), x)
+    assert kept[False] - kept[True] == 4 * 12 * 16 * 16 * 4  # one 12-channel fp32 activation
 
 
 @pytest.mark.parametrize("num_patch", [2, 3])
