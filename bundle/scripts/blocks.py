@@ -420,6 +420,9 @@ class SEResBlock(nn.Module):
         if _folded_inference(self):
             shortcut = _conv_bn_folded(self.conv_in, x).relu_()
             out = _conv_bn_folded(self.conv_body[1], _conv_bn_folded(self.conv_body[0], shortcut).relu_())
+            # the SE layer's ``out * fc(mean(out))``, added to the shortcut in one pass
+            scale = self.se.fc(out.mean(dim=(2, 3)))[:, :, None, None]
+            return shortcut.addcmul_(out, scale).relu_()
         else:
             shortcut = self.conv_in(x)
             out = self.conv_body(shortcut)
