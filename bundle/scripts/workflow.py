@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
