@@ -106,15 +106,15 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     torch.set_num_threads(args.threads)
-    override = {
-        "dataset_dir": str(args.workdir / "data"),
+    override = {  # the built-in set, written to the workdir: train.json treats it as the built-in set (img_size 64)
+        "synthetic_dataset_dir": str(args.workdir / "data"),
         "ckpt_dir": str(args.workdir / "models"),
         "output_dir": str(args.workdir / "runs"),
         "eval_output_dir": str(args.workdir / "eval"),
         "device": "cpu",
         **_overrides(extra),
     }
-    dataset_dir = ensure_synthetic_dataset(override["dataset_dir"])
+    dataset_dir = ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"]))
     manifest = Path(dataset_dir) / "findings.csv"
 
     start = time.time()
