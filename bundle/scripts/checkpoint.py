@@ -18,7 +18,8 @@ from .distributed import is_main_process
 from .workflow import as_bool
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size", "check_new_run", "find_randomizable", "RNGState", "TrainingCheckpointer"
+    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size", "check_new_run", "find_randomizable",
+    "RNGState", "TrainingCheckpointer",
 ]
 
 logger = logging.getLogger(__name__)

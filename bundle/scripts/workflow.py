@@ -103,13 +103,10 @@ class CheckpointFileLoader(CheckpointLoader):
 
         try:
             super().__call__(engine)
-        except RuntimeError as e:
-            if "loading state_dict" not in str(e):
-                load_checkpoint(self.load_path)  # raises the clear error when the file itself is unreadable
-                raise
-            raise ValueError(self._mismatch_message(e)) from e
-        except Exception:
-            load_checkpoint(self.load_path)
+        except Exception as e:
+            if isinstance(e, RuntimeError) and "loading state_dict" in str(e):
+                raise ValueError(self._mismatch_message(e)) from e
+            load_checkpoint(self.load_path)  # raises the clear error when the file itself is unreadable
             raise
 
     def _mismatch_message(self, error: RuntimeError) -> str:
