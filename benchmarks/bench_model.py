@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.host_memory import set_malloc_mmap_threshold  # noqa: E402
+from scripts.host_memory import set_malloc_heap_only, set_malloc_mmap_threshold  # noqa: E402
 from scripts.losses import GeneratorLoss  # noqa: E402
 from scripts.networks import Discriminator, SimSIDGenerator  # noqa: E402
 
@@ -44,6 +44,7 @@ def _measure(mode: str, precision: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     if mode == "train":  # as train.json does; inference.json leaves the allocator as it is
         set_malloc_mmap_threshold(args.malloc_mmap_threshold)
+        set_malloc_heap_only(args.malloc_heap_only)
     generator, discriminator = SimSIDGenerator(img_size=args.img_size), Discriminator(img_size=args.img_size)
     x = torch.rand(args.batch, 1, args.img_size, args.img_size)
     times = []
@@ -98,6 +99,10 @@ def main() -> None:
         "--malloc-mmap-threshold", type=int, default=16 * 1024 * 1024,
         help="training: glibc mmap threshold in bytes, as train.json's malloc_mmap_threshold sets it (0: glibc's adaptive "
         "one)",
+    )
+    parser.add_argument(
+        "--malloc-heap-only", action="store_true",
+        help="training: every allocation from glibc's heap, never trimmed, as train.json's malloc_heap_only does",
     )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""glibc's mmap threshold, fixed for training (``scripts.host_memory``)."""
+"""glibc's mmap threshold fixed for training, and the heap-only option (``scripts.host_memory``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import textwrap
 import pytest
 
 from bundle_utils import BUNDLE
-from scripts.host_memory import set_malloc_mmap_threshold
+from scripts.host_memory import set_malloc_heap_only, set_malloc_mmap_threshold
 
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from scripts.host_memory import set_malloc_mmap_threshold
+    from scripts.host_memory import set_malloc_heap_only, set_malloc_mmap_threshold
 
-    applied = set_malloc_mmap_threshold(int(sys.argv[1]))  # first, as the training configs do
+    # first, as the training configs do
+    applied = set_malloc_mmap_threshold(int(sys.argv[1])) | set_malloc_heap_only(sys.argv[2])
     import torch
 
     class MallInfo2(ctypes.Structure):
@@ -33,15 +34,15 @@ PROBE = textwrap.dedent("""
         del x
         return grown
 
-    n = 1 << 20  # 4 MiB
+    n = 1 << 20 if len(sys.argv) < 4 else int(sys.argv[3])  # 4 MiB by default
     first = mapped_by(n)
     print(applied, first, mapped_by(n))
 """)
 
 
-def _probe(threshold: int) -> tuple[str, int, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(threshold)], cwd=BUNDLE, capture_output=True, text=True,
-                         check=True)
+def _probe(threshold: int, heap_only: str = "false", floats: int = 1 << 20) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(threshold), heap_only, str(floats)], cwd=BUNDLE,
+                         capture_output=True, text=True, check=True)
     applied, first, second = out.stdout.split()
     return applied, int(first), int(second)
 
@@ -56,6 +57,20 @@ def test_fixed_threshold_maps_blocks_that_the_adaptive_one_keeps_on_the_heap() -
     applied, first, second = _probe(1 << 20)
     assert applied == "True"
     assert first >= 4 * 1024 * 1024 and second >= 4 * 1024 * 1024  # every 4 MiB block has its own mapping
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_heap_only_maps_no_block_even_above_the_largest_threshold() -> None:
+    applied, first, second = _probe(0, "false", 1 << 24)  # 64 MiB: above any mmap threshold glibc allows
+    assert applied == "False" and first >= 64 * 1024 * 1024 and second >= 64 * 1024 * 1024
+    applied, first, second = _probe(1 << 24, "true", 1 << 24)  # heap-only overrides a fixed threshold
+    assert applied == "True" and first == 0 and second == 0
+
+
+def test_heap_only_values() -> None:
+    assert set_malloc_heap_only(False) is False and set_malloc_heap_only("false") is False
+    with pytest.raises(ValueError, match="malloc_heap_only"):
+        set_malloc_heap_only("maybe")
 
 
 def test_threshold_values() -> None:
@@ -78,3 +93,5 @@ def test_training_configs_fix_the_threshold_before_anything_is_built() -> None:
         assert index < min(i for i, step in enumerate(steps) if "@" in step and "set_malloc" not in step
                            and "init_distributed" not in step)  # before any step that builds components
         assert parser.get_parsed_content("malloc_mmap_threshold") == 16 * 1024 * 1024
+        heap_only = steps.index("$scripts.host_memory.set_malloc_heap_only(@malloc_heap_only)")
+        assert heap_only == index + 1 and parser.get_parsed_content("malloc_heap_only") is False
