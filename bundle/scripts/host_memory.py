@@ -15,9 +15,9 @@ step 2.34 -> 2.26 GB (mean of 3 runs each) with no step-time difference beyond t
 Every mapped block costs page faults when it is first written, and the kernel zeroes each page. A training step
 (batch 16, 128 x 128) maps about 3.5 GiB of such blocks; on the 2-core virtual machines of the benchmarks that is
 2.5-5 CPU-seconds of system time per step. :func:`set_malloc_heap_only` is the other end of the trade: no block is
-mapped and the heap is never trimmed, so after the first steps every block reuses resident memory. Training steps
-there are 20-30 % faster, and the peak resident memory is 0.2-0.3 GB higher (the heap's free gaps), which is why
-it is an option (``malloc_heap_only``) and not the default.
+mapped and the heap is never trimmed, so after the first steps every block reuses resident memory. In 3 alternating
+benchmark rounds there the median training step took 24-40 % less time and the peak resident memory was 0.2-0.4 GB
+higher (the heap's free gaps), which is why it is an option (``malloc_heap_only``) and not the default.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def set_malloc_heap_only(enabled: bool | str) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    # M_MMAP_MAX 0: no block gets its own mapping; the largest trim threshold glibc takes: the heap's top stays
+    # M_MMAP_MAX 0: no block gets its own mapping; the largest int trim threshold: free memory at the heap's top is kept
     applied = bool(libc.mallopt(ctypes.c_int(M_MMAP_MAX), ctypes.c_int(0)))
     applied = applied and bool(libc.mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2**31 - 1)))
     if applied:
