@@ -4,6 +4,7 @@ Every measurement (one mode at one precision) runs in a fresh subprocess so that
 size (``ru_maxrss``) belongs to it alone. Usage (from the repository root)::
 
     python benchmarks/bench_model.py --threads 2 --repeats 5
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/bench_model.py ...   # with tcmalloc (README)
 
 The training step is the generator's: forward (train mode) + discriminator logits of the reconstruction
 + every generator loss term + backward + Adam step (fused kernel unless ``--no-fused-adam``) +
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.host_memory import set_malloc_heap_only, set_malloc_mmap_threshold  # noqa: E402
+from scripts.host_memory import malloc_library, set_malloc_heap_only, set_malloc_mmap_threshold  # noqa: E402
 from scripts.losses import GeneratorLoss  # noqa: E402
 from scripts.networks import Discriminator, SimSIDGenerator  # noqa: E402
 
@@ -113,7 +114,8 @@ def main() -> None:
 
     generator = SimSIDGenerator(img_size=args.img_size)
     print(f"generator parameters: {sum(p.numel() for p in generator.parameters()) / 1e6:.2f} M")
-    print(f"torch {torch.__version__}, threads {args.threads}, batch {args.batch}, {args.img_size}x{args.img_size}")
+    print(f"torch {torch.__version__}, threads {args.threads}, batch {args.batch}, {args.img_size}x{args.img_size}, "
+          f"malloc from {malloc_library() or 'unknown'}")
     for mode in args.modes:
         for precision in args.precisions:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--child", mode, precision]

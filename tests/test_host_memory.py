@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +11,8 @@ import textwrap
 import pytest
 
 from bundle_utils import BUNDLE
-from scripts.host_memory import set_malloc_heap_only, set_malloc_mmap_threshold
+from scripts import host_memory
+from scripts.host_memory import malloc_library, set_malloc_heap_only, set_malloc_mmap_threshold
 
 PROBE = textwrap.dedent("""
     import ctypes, sys
@@ -95,3 +98,26 @@ def test_training_configs_fix_the_threshold_before_anything_is_built() -> None:
         assert parser.get_parsed_content("malloc_mmap_threshold") == 16 * 1024 * 1024
         heap_only = steps.index("$scripts.host_memory.set_malloc_heap_only(@malloc_heap_only)")
         assert heap_only == index + 1 and parser.get_parsed_content("malloc_heap_only") is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_malloc_library_is_glibc_in_a_plain_process() -> None:
+    assert malloc_library().startswith("libc.so")
+
+
+def test_glibc_settings_do_nothing_when_malloc_comes_from_another_library(monkeypatch) -> None:
+    monkeypatch.setattr(host_memory, "malloc_library", lambda: "libtcmalloc_minimal.so.4")
+    assert set_malloc_mmap_threshold(16 * 1024 * 1024) is False
+    assert set_malloc_heap_only(True) is False
+
+
+TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
+
+
+@pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc (libtcmalloc-minimal4) is not installed")
+def test_preloaded_tcmalloc_is_detected_and_left_alone() -> None:
+    probe = ("from scripts.host_memory import malloc_library, set_malloc_heap_only, set_malloc_mmap_threshold; "
+             "print(malloc_library(), set_malloc_mmap_threshold(1 << 24), set_malloc_heap_only(True))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=BUNDLE, capture_output=True, text=True, check=True,
+                         env={**os.environ, "LD_PRELOAD": TCMALLOC})
+    assert out.stdout.split() == [TCMALLOC, "False", "False"]
