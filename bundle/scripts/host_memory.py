@@ -21,8 +21,9 @@ higher (the heap's free gaps), which is why it is an option (``malloc_heap_only`
 
 A different allocator avoids the trade: with tcmalloc preloaded (``LD_PRELOAD``, README) freed blocks stay in its
 size-class caches, so steps neither fault nor fragment: on those machines the median step took 7.7-8.0 s instead
-of 12.0-13.0 s, at a peak of 2.17-2.18 GB instead of 2.22-2.24 GB (the published code: 12.4-13.3 s -> 8.2-8.9 s). Both settings here are for
-glibc's allocator and do nothing (logged) when ``malloc`` comes from another library (:func:`malloc_library`).
+of 12.0-13.0 s, at a peak of 2.17-2.18 GB instead of 2.22-2.24 GB (the published code: 12.4-13.3 s -> 8.2-8.9 s).
+Both settings here are for glibc's allocator and do nothing (logged) when ``malloc`` comes from another library
+(:func:`malloc_library`).
 """
 
 from __future__ import annotations
