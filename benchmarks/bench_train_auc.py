@@ -7,7 +7,10 @@ Usage (from the repository root)::
     python benchmarks/bench_train_auc.py --minutes 30 --threads 2 [--workdir /tmp/auc] [-- --img_size 64 ...]
 
 Everything after ``--`` is passed to the bundle as config overrides (``--name value`` pairs). Prints a JSON
-summary last; ``--json FILE`` also writes it to a file.
+summary last; ``--json FILE`` also writes it to a file. ``reconstruction_vs_floor`` gives, overall and per finding
+kind, both AUCs with 95 % stratified-bootstrap intervals and the paired difference model - floor on the same test
+images (its interval, and ``p_not_better``: the fraction of resamples in which the model did not beat the floor).
+``--report-only`` recomputes that comparison from an earlier run's ``WORKDIR/eval`` without training.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ sys.path.insert(0, str(BUNDLE))
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from scripts.metrics import auc_or_nan  # noqa: E402
-from scripts.pca_floor import pca_auc_by_finding  # noqa: E402
+from scripts.metrics import auc_confidence_interval, auc_or_nan, paired_auc_difference  # noqa: E402
+from scripts.pca_floor import pca_scores  # noqa: E402
 from scripts.synthetic import ensure_synthetic_dataset  # noqa: E402
 
 CONFIGS = BUNDLE / "configs"
@@ -68,33 +71,74 @@ def _workflow(configs: list[str], workflow_type: str, run_id: str, **override) -
     return wf
 
 
-def _auc_by_finding(scores_csv: Path, manifest: Path, dataset_dir: Path) -> dict[str, dict[str, float]]:
-    """Per finding kind: AUC of each score, normal test images against that kind's test images."""
-    kinds = {}
+def _test_rows(scores_csv: Path, manifest: Path, dataset_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The test split's manifest rows and, in the same order, their rows of the evaluation's ``scores.csv``."""
     with open(manifest) as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "test":
-                kinds[str((dataset_dir / row["file"]).resolve())] = row["finding"]
+        test = [row for row in csv.DictReader(f) if row["split"] == "test"]
     with open(scores_csv) as f:
-        rows = list(csv.DictReader(f))
+        scored = {str(Path(r["file"]).resolve()): r for r in csv.DictReader(f)}
+    missing = [r["file"] for r in test if str((dataset_dir / r["file"]).resolve()) not in scored]
+    if missing:
+        raise SystemExit(f"{scores_csv} has no score for {len(missing)} test images, e.g. {missing[0]}")
+    return test, [scored[str((dataset_dir / r["file"]).resolve())] for r in test]
+
+
+def _auc_by_finding(test: list[dict], scored: list[dict]) -> dict[str, dict[str, float]]:
+    """Per finding kind: AUC of each score, normal test images against that kind's test images."""
+    kinds = np.array([r["finding"] for r in test])
     result: dict[str, dict[str, float]] = {}
     for score in ("score_discriminator", "score_reconstruction"):
-        s = np.array([float(r[score]) for r in rows])
-        k = np.array([kinds[str(Path(r["file"]).resolve())] for r in rows])
-        for kind in sorted(set(k) - {"normal"}):
-            keep = (k == "normal") | (k == kind)
-            result.setdefault(kind, {})[score.removeprefix("score_")] = auc_or_nan(s[keep], (k[keep] == kind).astype(int))
+        s = np.array([float(r[score]) for r in scored])
+        for kind in sorted(set(kinds) - {"normal"}):
+            keep = (kinds == "normal") | (kinds == kind)
+            result.setdefault(kind, {})[score.removeprefix("score_")] = auc_or_nan(s[keep], (kinds[keep] == kind).astype(int))
     return result
 
 
-def _pca_floor(dataset_dir: Path, manifest: Path) -> dict[str, float]:
+def _floor_scores(dataset_dir: Path, manifest: Path, test: list[dict]) -> np.ndarray:
+    """PCA floor score (80 components at 64 x 64, fitted on the training normals) of each test image."""
     from PIL import Image
 
-    rows = list(csv.DictReader(open(manifest)))
-    train = [np.asarray(Image.open(dataset_dir / r["file"]), dtype=np.float32) / 255 for r in rows if r["split"] == "train"]
-    test = [r for r in rows if r["split"] == "test"]
-    images = [np.asarray(Image.open(dataset_dir / r["file"]), dtype=np.float32) / 255 for r in test]
-    return pca_auc_by_finding(train, images, [int(r["label"]) for r in test], [r["finding"] for r in test])
+    def load(row: dict) -> np.ndarray:
+        return np.asarray(Image.open(dataset_dir / row["file"]), dtype=np.float32) / 255
+
+    with open(manifest) as f:
+        train = [load(r) for r in csv.DictReader(f) if r["split"] == "train"]
+    return pca_scores(train, [load(r) for r in test])
+
+
+def _against_floor(test: list[dict], scored: list[dict], floor: np.ndarray, score: str) -> dict[str, dict]:
+    """Overall and per finding kind: the model's AUC and the floor's, each with a 95 % bootstrap interval, and
+    the paired difference model - floor on the same images (interval, fraction of resamples not above 0)."""
+    kinds = np.array([r["finding"] for r in test])
+    model = np.array([float(r[f"score_{score}"]) for r in scored])
+    result = {}
+    for kind in ["overall", *sorted(set(kinds) - {"normal"})]:
+        keep = np.ones(kinds.size, bool) if kind == "overall" else (kinds == "normal") | (kinds == kind)
+        labels = (kinds[keep] != "normal").astype(int)
+        diff = paired_auc_difference(model[keep], floor[keep], labels)
+        result[kind] = {
+            "auc": round(auc_or_nan(model[keep], labels), 4),
+            "auc_ci95": [round(v, 4) for v in auc_confidence_interval(model[keep], labels)],
+            "floor_auc": round(auc_or_nan(floor[keep], labels), 4),
+            "floor_ci95": [round(v, 4) for v in auc_confidence_interval(floor[keep], labels)],
+            "difference": round(diff["difference"], 4),
+            "difference_ci95": [round(diff["low"], 4), round(diff["high"], 4)],
+            "p_not_better": round(diff["fraction_not_above_zero"], 4),
+        }
+    return result
+
+
+def _quality(workdir_eval: Path, dataset_dir: Path) -> dict[str, Any]:
+    """The test-split part of the summary from an evaluation's ``scores.csv``."""
+    manifest = dataset_dir / "findings.csv"
+    test, scored = _test_rows(workdir_eval / "scores.csv", manifest, dataset_dir)
+    against = _against_floor(test, scored, _floor_scores(dataset_dir, manifest, test), "reconstruction")
+    return {
+        "test_auc_by_finding": _auc_by_finding(test, scored),
+        "pca_floor_auc": {kind: values["floor_auc"] for kind, values in against.items()},
+        "reconstruction_vs_floor": against,
+    }
 
 
 def main() -> None:
@@ -103,6 +147,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/simsid_auc_benchmark"))
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: compare the evaluation already in WORKDIR/eval with the PCA floor")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     torch.set_num_threads(args.threads)
@@ -115,7 +161,9 @@ def main() -> None:
         **_overrides(extra),
     }
     dataset_dir = ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"]))
-    manifest = Path(dataset_dir) / "findings.csv"
+    if args.report_only:
+        _report(_quality(Path(override["eval_output_dir"]), Path(dataset_dir)), args.json)
+        return
 
     start = time.time()
     train = _workflow(["train.json"], "train", "training", **override)
@@ -135,16 +183,19 @@ def main() -> None:
         "best_val_auc": evaluator.state.best_metric,
         "best_val_epoch": evaluator.state.best_metric_epoch,
         "test_auc": {k: metrics[k]["auc"] for k in ("discriminator", "reconstruction")},
-        "test_auc_by_finding": _auc_by_finding(Path(override["eval_output_dir"]) / "scores.csv", manifest, Path(dataset_dir)),
-        "pca_floor_auc": _pca_floor(Path(dataset_dir), manifest),
+        **_quality(Path(override["eval_output_dir"]), Path(dataset_dir)),
         "threads": args.threads,
         "overrides": {k: v for k, v in override.items() if not k.endswith("_dir")},
     }
+    _report(summary, args.json)
+
+
+def _report(summary: dict[str, Any], json_file: Path | None) -> None:
     text = json.dumps(summary, indent=2)
     logging.getLogger("bench_train_auc").info("summary:\n%s", text)
     print(text)
-    if args.json:
-        args.json.write_text(text)
+    if json_file:
+        json_file.write_text(text)
 
 
 if __name__ == "__main__":

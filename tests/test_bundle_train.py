@@ -121,6 +121,8 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path):
         m = metrics[kind]
         assert m["num_images"] == N_TEST_NORMAL + N_TEST_ABNORMAL and m["num_abnormal"] == N_TEST_ABNORMAL
         assert 0.0 <= m["auc"] <= 1.0
+        low, high = m["auc_ci95"]
+        assert 0.0 <= low <= m["auc"] <= high <= 1.0
         for key in ("accuracy", "f1", "sensitivity", "specificity", "precision", "threshold"):
             assert key in m
     with open(out / "scores.csv") as f:

@@ -5,7 +5,17 @@ import itertools
 import numpy as np
 import pytest
 
-from scripts.metrics import auc_or_nan, best_accuracy_operating_point, detection_metrics, roc_curve
+from scripts.metrics import (
+    _stratified_weights,
+    _weighted_aucs,
+    auc_confidence_interval,
+    auc_or_nan,
+    best_accuracy_operating_point,
+    bootstrap_aucs,
+    detection_metrics,
+    paired_auc_difference,
+    roc_curve,
+)
 
 
 def _pairwise_auc(scores, labels):
@@ -25,6 +35,71 @@ def test_auc_matches_pairwise_definition():
 
 def test_auc_nan_with_one_class():
     assert np.isnan(auc_or_nan([0.1, 0.4], [0, 0]))
+
+
+def test_weighted_auc_equals_auc_of_the_materialised_resample():
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(25, int), np.ones(15, int)]
+    scores = np.round(rng.normal(size=40) + labels, 1)  # ties within and across classes
+    weights = _stratified_weights(labels, 6, rng)
+    assert np.all(weights[:, labels == 0].sum(1) == 25) and np.all(weights[:, labels == 1].sum(1) == 15)
+    aucs = _weighted_aucs(scores, labels, weights)
+    for w, auc in zip(weights, aucs):
+        assert auc == pytest.approx(_pairwise_auc(np.repeat(scores, w), np.repeat(labels, w)), abs=1e-12)
+    assert len(set(np.round(aucs, 9))) > 1  # the resamples differ
+
+
+def _delong_variance(scores, labels):
+    """DeLong's nonparametric variance of the AUC (placement values), computed independently."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    h = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return h.mean(1).var(ddof=1) / pos.size + h.mean(0).var(ddof=1) / neg.size
+
+
+def test_bootstrap_spread_matches_delong_variance():
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.zeros(200, int), np.ones(60, int)]
+    scores = rng.normal(size=260) + 0.8 * labels
+    aucs = bootstrap_aucs(scores, labels, num_resamples=3000, seed=1)
+    assert aucs.std() == pytest.approx(np.sqrt(_delong_variance(scores, labels)), rel=0.1)
+    assert aucs.mean() == pytest.approx(auc_or_nan(scores, labels), abs=0.005)
+    low, high = auc_confidence_interval(scores, labels, num_resamples=3000, seed=1)
+    assert (low, high) == pytest.approx(tuple(np.quantile(aucs, [0.025, 0.975])))
+    assert low < auc_or_nan(scores, labels) < high
+    # four times the images: about half the width
+    big_labels = np.tile(labels, 4)
+    big_scores = rng.normal(size=big_labels.size) + 0.8 * big_labels
+    big_low, big_high = auc_confidence_interval(big_scores, big_labels, num_resamples=3000, seed=1)
+    assert (big_high - big_low) / (high - low) == pytest.approx(0.5, abs=0.1)
+
+
+def test_bootstrap_is_seeded_and_paired_across_scores():
+    rng = np.random.default_rng(6)
+    labels = np.r_[np.zeros(50, int), np.ones(20, int)]
+    a, b = rng.normal(size=70) + labels, rng.normal(size=70) + 0.5 * labels
+    both = bootstrap_aucs(np.stack([a, b]), labels, num_resamples=300, seed=3, chunk=70)
+    assert both.shape == (2, 300)
+    np.testing.assert_array_equal(both[0], bootstrap_aucs(a, labels, num_resamples=300, seed=3, chunk=70))
+    assert not np.array_equal(both[0], bootstrap_aucs(a, labels, num_resamples=300, seed=4, chunk=70))
+    with pytest.raises(ValueError, match="normal and abnormal"):
+        bootstrap_aucs(a, np.zeros(70, int))
+    assert np.isnan(auc_confidence_interval([0.1, 0.2], [1, 1])).all()
+
+
+def test_paired_difference_cancels_what_two_scores_share():
+    rng = np.random.default_rng(7)
+    labels = np.r_[np.zeros(150, int), np.ones(40, int)]
+    a = rng.normal(size=190) + labels
+    same = paired_auc_difference(a, a, labels, num_resamples=500)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "fraction_not_above_zero": 1.0}
+    b = a + rng.normal(scale=0.3, size=190)  # nearly the same ranking: the paired interval is narrow
+    paired = paired_auc_difference(a, b, labels, num_resamples=1000)
+    low_a, high_a = auc_confidence_interval(a, labels, num_resamples=1000)
+    assert paired["difference"] == pytest.approx(auc_or_nan(a, labels) - auc_or_nan(b, labels))
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+    assert paired["high"] - paired["low"] < 0.5 * (high_a - low_a)
+    better = paired_auc_difference(a + 2 * labels, a, labels, num_resamples=500)  # a strictly better score
+    assert better["low"] > 0 and better["fraction_not_above_zero"] == 0.0
 
 
 def test_roc_curve_endpoints_and_monotone():

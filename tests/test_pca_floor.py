@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scripts.pca_floor import fit_pca, pca_auc_by_finding, pca_reconstruction_error, to_feature_matrix
+from scripts.pca_floor import fit_pca, pca_auc_by_finding, pca_reconstruction_error, pca_scores, to_feature_matrix
 
 
 def _low_rank(rng: np.random.Generator, n: int, d: int, rank: int, basis: np.ndarray | None = None):
@@ -71,6 +71,8 @@ def test_auc_by_finding():
     assert result["blob"] == 1.0
     assert 0.25 < result["same"] < 0.75
     assert result["overall"] == pytest.approx((result["blob"] + result["same"]) / 2, abs=1e-9)
+    scores = pca_scores(train, test, n_components=4, size=32)  # the per-image scores behind those AUCs
+    assert scores.shape == (70,) and scores[30:50].min() > scores[:30].max()
 
 
 def test_auc_nan_without_normals_and_length_check():

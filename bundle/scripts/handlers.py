@@ -19,7 +19,7 @@ from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 from .detector import SCORE_KINDS, AnomalyDetector
 from .distributed import gather_objects
 from .engines import autocast_context, unwrap
-from .metrics import best_accuracy_operating_point, detection_metrics
+from .metrics import auc_confidence_interval, best_accuracy_operating_point, detection_metrics
 from .workflow import as_bool
 from .plots import save_case_grid, save_roc_curve, save_score_histogram
 
@@ -172,7 +172,8 @@ class ThresholdSelector(ScoreCollector):
 class EvaluationReport(ScoreCollector):
     """Writes the evaluation results of a labelled split to ``output_dir`` when the evaluator finishes.
 
-    Files: ``metrics.json`` (per score kind: AUC and, at the best-accuracy threshold, accuracy, F1,
+    Files: ``metrics.json`` (per score kind: AUC with its 95 % stratified-bootstrap confidence interval
+    ``auc_ci95`` and, at the best-accuracy threshold, accuracy, F1,
     sensitivity, specificity, precision and the threshold; and the metrics at the model's stored
     threshold), ``scores.csv`` (per image: file, label, raw and normalised scores, decision),
     ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
@@ -251,6 +252,7 @@ class EvaluationReport(ScoreCollector):
             if labels.size == 0:
                 continue
             metrics[kind] = detection_metrics(scores, labels)
+            metrics[kind]["auc_ci95"] = list(auc_confidence_interval(scores, labels))
             if kind == detector.score_kind:
                 metrics[kind]["at_stored_threshold"] = detection_metrics(scores, labels, threshold)
             if labels.min() != labels.max():
@@ -281,6 +283,8 @@ def _finite_or_none(obj: Any) -> Any:
     """Replace NaN/inf by ``None`` so the JSON is standard."""
     if isinstance(obj, dict):
         return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

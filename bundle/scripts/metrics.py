@@ -8,7 +8,15 @@ import numpy as np
 from monai.metrics import compute_roc_auc
 import torch
 
-__all__ = ["roc_curve", "auc_or_nan", "best_accuracy_operating_point", "detection_metrics"]
+__all__ = [
+    "roc_curve",
+    "auc_or_nan",
+    "bootstrap_aucs",
+    "auc_confidence_interval",
+    "paired_auc_difference",
+    "best_accuracy_operating_point",
+    "detection_metrics",
+]
 
 
 def _as_arrays(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +35,113 @@ def auc_or_nan(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.
     if y.min(initial=1) == y.max(initial=0):
         return float("nan")
     return float(compute_roc_auc(torch.as_tensor(s), torch.as_tensor(y)))
+
+
+def _weighted_aucs(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC (Mann-Whitney, ties count one half) of ``scores`` for each row of multiplicities ``weights``.
+
+    Row ``b`` of ``weights`` (R x N, integers) says how many copies of each image resample ``b`` holds; the
+    midrank of every copy in the combined resample comes from the cumulative weight of the lower scores, so
+    no resample is materialised.
+    """
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
+    w = weights[:, order].astype(np.float64)
+    positive = (labels[order] == 1).astype(np.float64)
+    tie_total = np.add.reduceat(w, starts, axis=1)  # R x G, weight of each group of equal scores
+    tie_positive = np.add.reduceat(w * positive, starts, axis=1)
+    below = np.cumsum(tie_total, axis=1) - tie_total
+    rank_sum = np.sum(tie_positive * (below + (tie_total + 1) / 2), axis=1)
+    n_pos = tie_positive.sum(1)
+    n_neg = tie_total.sum(1) - n_pos
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _stratified_weights(labels: np.ndarray, num_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicities (R x N) of stratified bootstrap resamples: normals and abnormals resampled separately."""
+    weights = np.zeros((num_resamples, labels.size), dtype=np.int32)
+    for value in (0, 1):
+        members = np.flatnonzero(labels == value)
+        weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size), num_resamples)
+    return weights
+
+
+def bootstrap_aucs(
+    scores: Sequence[float] | np.ndarray | Sequence[Sequence[float]],
+    labels: Sequence[int] | np.ndarray,
+    num_resamples: int = 2000,
+    seed: int = 0,
+    chunk: int = 250,
+) -> np.ndarray:
+    """AUCs over stratified bootstrap resamples of the images (normals and abnormals each resampled with
+    replacement to their own count), for one or several scores of the same images.
+
+    Args:
+        scores: N scores, or K x N (K scores of the same N images; every score sees the same resamples,
+            so differences between them are paired).
+        labels: N labels, 0 normal or 1 abnormal; both classes must be present.
+        num_resamples: R.
+        seed: seed of the resampling (same seed, same resamples).
+        chunk: resamples computed at once (bounds memory at about ``chunk x N x 24`` bytes).
+
+    Returns:
+        R AUCs (for N scores) or K x R.
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64)
+    single = s.ndim == 1
+    s = s.reshape(1, -1) if single else s
+    for row in s:
+        _as_arrays(row, y)
+    if y.min(initial=1) == y.max(initial=0):
+        raise ValueError("a bootstrap AUC needs normal and abnormal images.")
+    rng = np.random.default_rng(seed)
+    out = np.empty((s.shape[0], num_resamples))
+    for begin in range(0, num_resamples, chunk):
+        weights = _stratified_weights(y, min(chunk, num_resamples - begin), rng)
+        for k, row in enumerate(s):
+            out[k, begin : begin + weights.shape[0]] = _weighted_aucs(row, y, weights)
+    return out[0] if single else out
+
+
+def auc_confidence_interval(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, level: float = 0.95,
+    num_resamples: int = 2000, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval ``(low, high)`` of the AUC; NaNs when a class is missing."""
+    y = np.asarray(labels).reshape(-1)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan"), float("nan")
+    aucs = bootstrap_aucs(scores, y, num_resamples, seed)
+    low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def paired_auc_difference(
+    scores_a: Sequence[float] | np.ndarray, scores_b: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
+    level: float = 0.95, num_resamples: int = 2000, seed: int = 0,
+) -> dict[str, float]:
+    """AUC of ``scores_a`` minus AUC of ``scores_b`` on the same images, with a paired bootstrap interval.
+
+    Both scores are evaluated on the same resamples, so what the images have in common cancels out.
+
+    Returns:
+        ``{"difference", "low", "high", "fraction_not_above_zero"}``: the observed difference, the percentile
+        interval at ``level``, and the fraction of resamples in which ``a`` did not beat ``b`` (a one-sided
+        bootstrap p-value for "a is better").
+    """
+    y = np.asarray(labels).reshape(-1)
+    aucs = bootstrap_aucs(np.stack([np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)]), y,
+                          num_resamples, seed)
+    diffs = aucs[0] - aucs[1]
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {
+        "difference": auc_or_nan(scores_a, y) - auc_or_nan(scores_b, y),
+        "low": float(low),
+        "high": float(high),
+        "fraction_not_above_zero": float(np.mean(diffs <= 0)),
+    }
 
 
 def roc_curve(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

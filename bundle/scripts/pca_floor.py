@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_roc_auc
 
-__all__ = ["to_feature_matrix", "fit_pca", "pca_reconstruction_error", "pca_auc_by_finding"]
+__all__ = ["to_feature_matrix", "fit_pca", "pca_reconstruction_error", "pca_scores", "pca_auc_by_finding"]
 
 
 def to_feature_matrix(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
@@ -64,6 +64,17 @@ def pca_reconstruction_error(features: np.ndarray, mean: np.ndarray, components:
     return np.mean(residual**2, axis=1)
 
 
+def pca_scores(
+    train_images: Sequence[np.ndarray] | np.ndarray,
+    test_images: Sequence[np.ndarray] | np.ndarray,
+    n_components: int = 80,
+    size: int = 64,
+) -> np.ndarray:
+    """PCA reconstruction error (N,) of each test image, PCA fitted on ``train_images`` (each 2-D) at ``size``."""
+    mean, components = fit_pca(to_feature_matrix(train_images, size), n_components)
+    return pca_reconstruction_error(to_feature_matrix(test_images, size), mean, components)
+
+
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     if labels.min() == labels.max():
         return float("nan")
@@ -95,8 +106,7 @@ def pca_auc_by_finding(
     labels_ = np.asarray(labels, dtype=np.int64)
     if not (len(labels_) == len(kinds) == len(test_images)):
         raise ValueError(f"test_images ({len(test_images)}), labels ({len(labels_)}) and kinds ({len(kinds)}) differ.")
-    mean, components = fit_pca(to_feature_matrix(train_images, size), n_components)
-    scores = pca_reconstruction_error(to_feature_matrix(test_images, size), mean, components)
+    scores = pca_scores(train_images, test_images, n_components, size)
     result = {"overall": _auc(scores, labels_)}
     normal = labels_ == 0
     for kind in dict.fromkeys(str(k) for k, y in zip(kinds, labels_) if y == 1):
