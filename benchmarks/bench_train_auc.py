@@ -95,16 +95,17 @@ def _auc_by_finding(test: list[dict], scored: list[dict]) -> dict[str, dict[str,
     return result
 
 
-def _floor_scores(dataset_dir: Path, manifest: Path, test: list[dict]) -> np.ndarray:
-    """PCA floor score (80 components at 64 x 64, fitted on the training normals) of each test image."""
+def _floor_scores(train_dir: Path, test_dir: Path, test: list[dict]) -> np.ndarray:
+    """PCA floor score (80 components at 64 x 64, fitted on the training normals of ``train_dir``) of each test
+    image (manifest rows of ``test_dir``)."""
     from PIL import Image
 
-    def load(row: dict) -> np.ndarray:
-        return np.asarray(Image.open(dataset_dir / row["file"]), dtype=np.float32) / 255
+    def load(root: Path, row: dict) -> np.ndarray:
+        return np.asarray(Image.open(root / row["file"]), dtype=np.float32) / 255
 
-    with open(manifest) as f:
-        train = [load(r) for r in csv.DictReader(f) if r["split"] == "train"]
-    return pca_scores(train, [load(r) for r in test])
+    with open(train_dir / "findings.csv") as f:
+        train = [load(train_dir, r) for r in csv.DictReader(f) if r["split"] == "train"]
+    return pca_scores(train, [load(test_dir, r) for r in test])
 
 
 def _against_floor(test: list[dict], scored: list[dict], floor: np.ndarray, score: str) -> dict[str, dict]:
@@ -129,12 +130,13 @@ def _against_floor(test: list[dict], scored: list[dict], floor: np.ndarray, scor
     return result
 
 
-def _quality(workdir_eval: Path, dataset_dir: Path) -> dict[str, Any]:
-    """The test-split part of the summary from an evaluation's ``scores.csv``."""
-    manifest = dataset_dir / "findings.csv"
-    test, scored = _test_rows(workdir_eval / "scores.csv", manifest, dataset_dir)
-    against = _against_floor(test, scored, _floor_scores(dataset_dir, manifest, test), "reconstruction")
+def _quality(eval_dir: Path, train_dir: Path, test_dir: Path) -> dict[str, Any]:
+    """The test-split part of the summary from the ``scores.csv`` in ``eval_dir`` of the test split of ``test_dir``."""
+    test, scored = _test_rows(eval_dir / "scores.csv", test_dir / "findings.csv", test_dir)
+    against = _against_floor(test, scored, _floor_scores(train_dir, test_dir, test), "reconstruction")
     return {
+        "test_images": {"normal": sum(r["finding"] == "normal" for r in test),
+                        "abnormal": sum(r["finding"] != "normal" for r in test)},
         "test_auc_by_finding": _auc_by_finding(test, scored),
         "pca_floor_auc": {kind: values["floor_auc"] for kind, values in against.items()},
         "reconstruction_vs_floor": against,
@@ -148,7 +150,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/simsid_auc_benchmark"))
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--report-only", action="store_true",
-                        help="no training: compare the evaluation already in WORKDIR/eval with the PCA floor")
+                        help="no training: use the checkpoint (and, without --test-images, the evaluation) in WORKDIR")
+    parser.add_argument("--test-images", type=int, default=0, metavar="N",
+                        help="evaluate on N normal + N abnormal synthetic test images from the same generator (the "
+                        "built-in test split is the first 200 of each) for tighter per-kind intervals; built-in set only")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     torch.set_num_threads(args.threads)
@@ -160,9 +165,11 @@ def main() -> None:
         "device": "cpu",
         **_overrides(extra),
     }
-    dataset_dir = ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"]))
+    if args.test_images and "dataset_dir" in override:
+        raise SystemExit("--test-images needs the built-in synthetic set (no --dataset_dir override).")
+    dataset_dir = Path(ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"])))
     if args.report_only:
-        _report(_quality(Path(override["eval_output_dir"]), Path(dataset_dir)), args.json)
+        _report(_evaluate(args, override, dataset_dir), args.json)
         return
 
     start = time.time()
@@ -174,20 +181,39 @@ def main() -> None:
     train_seconds = time.time() - start
     evaluator = train.parser.get_parsed_content("validate#evaluator")
 
-    _workflow(["train.json", "evaluate.json"], "eval", "evaluating", **override).run()
-    metrics = json.loads((Path(override["eval_output_dir"]) / "metrics.json").read_text())
+    quality = _evaluate(args, override, dataset_dir)
     summary = {
         "train_minutes": round(train_seconds / 60, 2),
         "epochs_completed": trainer.state.epoch - (0 if trainer.state.iteration % trainer.state.epoch_length == 0 else 1),
         "iterations": trainer.state.iteration,
         "best_val_auc": evaluator.state.best_metric,
         "best_val_epoch": evaluator.state.best_metric_epoch,
-        "test_auc": {k: metrics[k]["auc"] for k in ("discriminator", "reconstruction")},
-        **_quality(Path(override["eval_output_dir"]), Path(dataset_dir)),
+        **quality,
         "threads": args.threads,
         "overrides": {k: v for k, v in override.items() if not k.endswith("_dir")},
     }
     _report(summary, args.json)
+
+
+def _evaluate(args: argparse.Namespace, override: dict[str, Any], dataset_dir: Path) -> dict[str, Any]:
+    """Evaluate the best checkpoint in the workdir on the test split (built-in, or ``--test-images`` of the same
+    generator) and compare it with the PCA floor; with ``--report-only`` and the built-in split, reuse WORKDIR/eval."""
+    eval_override, test_dir = dict(override), dataset_dir
+    if args.test_images:
+        # one training image: a dataset needs a training split, the evaluation reads only the test split
+        test_dir = Path(ensure_synthetic_dataset(args.workdir / f"data_test{args.test_images}", n_train=1,
+                                                 n_val_normal=0, n_val_abnormal=0, n_test_normal=args.test_images,
+                                                 n_test_abnormal=args.test_images))
+        eval_override.update(dataset_dir=str(test_dir), img_size=override.get("img_size", 64),
+                             eval_output_dir=str(args.workdir / f"eval_test{args.test_images}"))
+    eval_dir = Path(eval_override["eval_output_dir"])
+    if args.test_images or not args.report_only:
+        _workflow(["train.json", "evaluate.json"], "eval", "evaluating", **eval_override, overwrite=True).run()
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    return {
+        "test_auc": {k: metrics[k]["auc"] for k in ("discriminator", "reconstruction")},
+        **_quality(eval_dir, dataset_dir, test_dir),
+    }
 
 
 def _report(summary: dict[str, Any], json_file: Path | None) -> None:
