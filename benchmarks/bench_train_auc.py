@@ -10,7 +10,11 @@ Everything after ``--`` is passed to the bundle as config overrides (``--name va
 summary last; ``--json FILE`` also writes it to a file. ``reconstruction_vs_floor`` gives, overall and per finding
 kind, both AUCs with 95 % stratified-bootstrap intervals and the paired difference model - floor on the same test
 images (its interval, and ``p_not_better``: the fraction of resamples in which the model did not beat the floor).
-``--report-only`` recomputes that comparison from an earlier run's ``WORKDIR/eval`` without training.
+``--report-only`` recomputes that comparison from an earlier run's ``WORKDIR/eval`` without training, and
+``--paired-with WORKDIR2`` adds the paired difference to another run evaluated on the same images
+(``minus_paired_run``), e.g. to compare two settings::
+
+    python benchmarks/bench_train_auc.py --workdir A --report-only --test-images 1000 --paired-with B
 """
 
 from __future__ import annotations
@@ -108,38 +112,66 @@ def _floor_scores(train_dir: Path, test_dir: Path, test: list[dict]) -> np.ndarr
     return pca_scores(train, [load(test_dir, r) for r in test])
 
 
-def _against_floor(test: list[dict], scored: list[dict], floor: np.ndarray, score: str) -> dict[str, dict]:
+def _kind_masks(test: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"overall" | kind: (images kept, their labels)}``: all images, or the normals and one kind's images."""
+    kinds = np.array([r["finding"] for r in test])
+    masks = {}
+    for kind in ["overall", *sorted(str(k) for k in set(kinds) - {"normal"})]:
+        keep = np.ones(kinds.size, bool) if kind == "overall" else (kinds == "normal") | (kinds == kind)
+        masks[kind] = keep, (kinds[keep] != "normal").astype(int)
+    return masks
+
+
+def _paired(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    diff = paired_auc_difference(a, b, labels)
+    return {
+        "difference": round(diff["difference"], 4),
+        "difference_ci95": [round(diff["low"], 4), round(diff["high"], 4)],
+        "p_not_better": round(diff["fraction_not_above_zero"], 4),
+    }
+
+
+def _against_floor(test: list[dict], model: np.ndarray, floor: np.ndarray) -> dict[str, dict]:
     """Overall and per finding kind: the model's AUC and the floor's, each with a 95 % bootstrap interval, and
     the paired difference model - floor on the same images (interval, fraction of resamples not above 0)."""
-    kinds = np.array([r["finding"] for r in test])
-    model = np.array([float(r[f"score_{score}"]) for r in scored])
     result = {}
-    for kind in ["overall", *sorted(set(kinds) - {"normal"})]:
-        keep = np.ones(kinds.size, bool) if kind == "overall" else (kinds == "normal") | (kinds == kind)
-        labels = (kinds[keep] != "normal").astype(int)
-        diff = paired_auc_difference(model[keep], floor[keep], labels)
+    for kind, (keep, labels) in _kind_masks(test).items():
         result[kind] = {
             "auc": round(auc_or_nan(model[keep], labels), 4),
             "auc_ci95": [round(v, 4) for v in auc_confidence_interval(model[keep], labels)],
             "floor_auc": round(auc_or_nan(floor[keep], labels), 4),
             "floor_ci95": [round(v, 4) for v in auc_confidence_interval(floor[keep], labels)],
-            "difference": round(diff["difference"], 4),
-            "difference_ci95": [round(diff["low"], 4), round(diff["high"], 4)],
-            "p_not_better": round(diff["fraction_not_above_zero"], 4),
+            **_paired(model[keep], floor[keep], labels),
         }
     return result
 
 
-def _quality(eval_dir: Path, train_dir: Path, test_dir: Path) -> dict[str, Any]:
-    """The test-split part of the summary from the ``scores.csv`` in ``eval_dir`` of the test split of ``test_dir``."""
+def _reconstruction_scores(scored: list[dict]) -> np.ndarray:
+    return np.array([float(r["score_reconstruction"]) for r in scored])
+
+
+def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path | None = None) -> dict[str, Any]:
+    """The test-split part of the summary from the ``scores.csv`` in ``eval_dir`` of the test split of ``test_dir``;
+    with ``paired_with`` (another benchmark workdir, evaluated on the same test split) also the paired difference
+    of the reconstruction score's AUC, this run - that run, overall and per kind."""
     test, scored = _test_rows(eval_dir / "scores.csv", test_dir / "findings.csv", test_dir)
-    against = _against_floor(test, scored, _floor_scores(train_dir, test_dir, test), "reconstruction")
+    model = _reconstruction_scores(scored)
+    against = _against_floor(test, model, _floor_scores(train_dir, test_dir, test))
+    extra = {}
+    if paired_with is not None:
+        _, other = _test_rows(paired_with / eval_dir.name / "scores.csv", test_dir / "findings.csv",
+                              paired_with / test_dir.name)
+        other_scores = _reconstruction_scores(other)
+        extra["minus_paired_run"] = {"run": str(paired_with), **{
+            kind: _paired(model[keep], other_scores[keep], labels) for kind, (keep, labels) in _kind_masks(test).items()
+        }}
     return {
         "test_images": {"normal": sum(r["finding"] == "normal" for r in test),
                         "abnormal": sum(r["finding"] != "normal" for r in test)},
         "test_auc_by_finding": _auc_by_finding(test, scored),
         "pca_floor_auc": {kind: values["floor_auc"] for kind, values in against.items()},
         "reconstruction_vs_floor": against,
+        **extra,
     }
 
 
@@ -154,6 +186,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=0, metavar="N",
                         help="evaluate on N normal + N abnormal synthetic test images from the same generator (the "
                         "built-in test split is the first 200 of each) for tighter per-kind intervals; built-in set only")
+    parser.add_argument("--paired-with", type=Path, metavar="WORKDIR2",
+                        help="also report this run's reconstruction AUC minus that of the run in WORKDIR2 (evaluated on "
+                        "the same test split, e.g. with the same --test-images), paired on the same images")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     torch.set_num_threads(args.threads)
@@ -212,7 +247,7 @@ def _evaluate(args: argparse.Namespace, override: dict[str, Any], dataset_dir: P
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     return {
         "test_auc": {k: metrics[k]["auc"] for k in ("discriminator", "reconstruction")},
-        **_quality(eval_dir, dataset_dir, test_dir),
+        **_quality(eval_dir, dataset_dir, test_dir, args.paired_with),
     }
 
 
