@@ -81,21 +81,21 @@ def _test_rows(scores_csv: Path, manifest: Path, dataset_dir: Path) -> tuple[lis
         test = [row for row in csv.DictReader(f) if row["split"] == "test"]
     with open(scores_csv) as f:
         scored = {str(Path(r["file"]).resolve()): r for r in csv.DictReader(f)}
-    missing = [r["file"] for r in test if str((dataset_dir / r["file"]).resolve()) not in scored]
+    keys = [str((dataset_dir / r["file"]).resolve()) for r in test]
+    missing = [r["file"] for r, key in zip(test, keys) if key not in scored]
     if missing:
         raise SystemExit(f"{scores_csv} has no score for {len(missing)} test images, e.g. {missing[0]}")
-    return test, [scored[str((dataset_dir / r["file"]).resolve())] for r in test]
+    return test, [scored[key] for key in keys]
 
 
 def _auc_by_finding(test: list[dict], scored: list[dict]) -> dict[str, dict[str, float]]:
     """Per finding kind: AUC of each score, normal test images against that kind's test images."""
-    kinds = np.array([r["finding"] for r in test])
+    masks = {kind: mask for kind, mask in _kind_masks(test).items() if kind != "overall"}
     result: dict[str, dict[str, float]] = {}
     for score in ("score_discriminator", "score_reconstruction"):
         s = np.array([float(r[score]) for r in scored])
-        for kind in sorted(set(kinds) - {"normal"}):
-            keep = (kinds == "normal") | (kinds == kind)
-            result.setdefault(kind, {})[score.removeprefix("score_")] = auc_or_nan(s[keep], (kinds[keep] == kind).astype(int))
+        for kind, (keep, labels) in masks.items():
+            result.setdefault(kind, {})[score.removeprefix("score_")] = auc_or_nan(s[keep], labels)
     return result
 
 
