@@ -40,7 +40,7 @@ sys.path.insert(0, str(BUNDLE))
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from scripts.metrics import auc_confidence_interval, auc_or_nan, paired_auc_difference  # noqa: E402
+from scripts.metrics import auc_or_nan, finding_subsets, paired_auc_difference  # noqa: E402
 from scripts.pca_floor import pca_scores  # noqa: E402
 from scripts.synthetic import ensure_synthetic_dataset  # noqa: E402
 
@@ -113,20 +113,20 @@ def _floor_scores(train_dir: Path, test_dir: Path, test: list[dict]) -> np.ndarr
 
 
 def _kind_masks(test: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{"overall" | kind: (images kept, their labels)}``: all images, or the normals and one kind's images."""
-    kinds = np.array([r["finding"] for r in test])
-    masks = {}
-    for kind in ["overall", *sorted(str(k) for k in set(kinds) - {"normal"})]:
-        keep = np.ones(kinds.size, bool) if kind == "overall" else (kinds == "normal") | (kinds == kind)
-        masks[kind] = keep, (kinds[keep] != "normal").astype(int)
-    return masks
+    """``{"overall" | kind: (images kept, their labels)}`` of the manifest rows ``test``."""
+    kinds = [r["finding"] for r in test]
+    return finding_subsets([int(k != "normal") for k in kinds], kinds)
 
 
-def _paired(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    diff = paired_auc_difference(a, b, labels)
+def _rounded(values: Any) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
+def _difference(diff: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`paired_auc_difference`'s result the summary reports, rounded."""
     return {
         "difference": round(diff["difference"], 4),
-        "difference_ci95": [round(diff["low"], 4), round(diff["high"], 4)],
+        "difference_ci95": _rounded((diff["low"], diff["high"])),
         "p_not_better": round(diff["fraction_not_above_zero"], 4),
     }
 
@@ -136,12 +136,13 @@ def _against_floor(test: list[dict], model: np.ndarray, floor: np.ndarray) -> di
     the paired difference model - floor on the same images (interval, fraction of resamples not above 0)."""
     result = {}
     for kind, (keep, labels) in _kind_masks(test).items():
+        diff = paired_auc_difference(model[keep], floor[keep], labels)
         result[kind] = {
             "auc": round(auc_or_nan(model[keep], labels), 4),
-            "auc_ci95": [round(v, 4) for v in auc_confidence_interval(model[keep], labels)],
+            "auc_ci95": _rounded(diff["interval_a"]),
             "floor_auc": round(auc_or_nan(floor[keep], labels), 4),
-            "floor_ci95": [round(v, 4) for v in auc_confidence_interval(floor[keep], labels)],
-            **_paired(model[keep], floor[keep], labels),
+            "floor_ci95": _rounded(diff["interval_b"]),
+            **_difference(diff),
         }
     return result
 
@@ -163,7 +164,8 @@ def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path 
                               paired_with / test_dir.name)
         other_scores = _reconstruction_scores(other)
         extra["minus_paired_run"] = {"run": str(paired_with), **{
-            kind: _paired(model[keep], other_scores[keep], labels) for kind, (keep, labels) in _kind_masks(test).items()
+            kind: _difference(paired_auc_difference(model[keep], other_scores[keep], labels))
+            for kind, (keep, labels) in _kind_masks(test).items()
         }}
     return {
         "test_images": {"normal": sum(r["finding"] == "normal" for r in test),

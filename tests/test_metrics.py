@@ -13,6 +13,7 @@ from scripts.metrics import (
     best_accuracy_operating_point,
     bootstrap_aucs,
     detection_metrics,
+    finding_subsets,
     paired_auc_difference,
     roc_curve,
 )
@@ -91,15 +92,36 @@ def test_paired_difference_cancels_what_two_scores_share():
     labels = np.r_[np.zeros(150, int), np.ones(40, int)]
     a = rng.normal(size=190) + labels
     same = paired_auc_difference(a, a, labels, num_resamples=500)
-    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "fraction_not_above_zero": 1.0}
+    assert {k: same[k] for k in ("difference", "low", "high", "fraction_not_above_zero")} == {
+        "difference": 0.0, "low": 0.0, "high": 0.0, "fraction_not_above_zero": 1.0}
+    assert same["interval_a"] == same["interval_b"] == auc_confidence_interval(a, labels, num_resamples=500)
     b = a + rng.normal(scale=0.3, size=190)  # nearly the same ranking: the paired interval is narrow
     paired = paired_auc_difference(a, b, labels, num_resamples=1000)
     low_a, high_a = auc_confidence_interval(a, labels, num_resamples=1000)
     assert paired["difference"] == pytest.approx(auc_or_nan(a, labels) - auc_or_nan(b, labels))
     assert paired["low"] <= paired["difference"] <= paired["high"]
     assert paired["high"] - paired["low"] < 0.5 * (high_a - low_a)
+    # each score's own interval comes from the same resamples as the difference
+    assert paired["interval_a"] == (low_a, high_a)
+    assert paired["interval_b"] == auc_confidence_interval(b, labels, num_resamples=1000)
+    assert paired["interval_a"] != paired["interval_b"]
     better = paired_auc_difference(a + 2 * labels, a, labels, num_resamples=500)  # a strictly better score
     assert better["low"] > 0 and better["fraction_not_above_zero"] == 0.0
+
+
+def test_finding_subsets_pair_the_normals_with_one_kind():
+    labels = [0, 1, 1, 0, 1, 0]
+    kinds = ["normal", "nodule", "effusion", "normal", "nodule", "whatever"]  # a normal's kind is ignored
+    subsets = finding_subsets(labels, kinds)
+    assert list(subsets) == ["overall", "nodule", "effusion"]
+    keep, y = subsets["overall"]
+    assert keep.all() and y.tolist() == labels
+    keep, y = subsets["nodule"]
+    assert np.flatnonzero(keep).tolist() == [0, 1, 3, 4, 5] and y.tolist() == [0, 1, 0, 1, 0]
+    keep, y = subsets["effusion"]
+    assert np.flatnonzero(keep).tolist() == [0, 2, 3, 5] and y.tolist() == [0, 1, 0, 0]
+    with pytest.raises(ValueError, match="differ"):
+        finding_subsets([0, 1], ["normal"])
 
 
 def test_roc_curve_endpoints_and_monotone():

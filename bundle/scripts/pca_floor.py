@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_roc_auc
+
+from .metrics import auc_or_nan, finding_subsets
 
 __all__ = ["to_feature_matrix", "fit_pca", "pca_reconstruction_error", "pca_scores", "pca_auc_by_finding"]
 
@@ -75,12 +76,6 @@ def pca_scores(
     return pca_reconstruction_error(to_feature_matrix(test_images, size), mean, components)
 
 
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels)))
-
-
 def pca_auc_by_finding(
     train_images: Sequence[np.ndarray] | np.ndarray,
     test_images: Sequence[np.ndarray] | np.ndarray,
@@ -107,9 +102,4 @@ def pca_auc_by_finding(
     if not (len(labels_) == len(kinds) == len(test_images)):
         raise ValueError(f"test_images ({len(test_images)}), labels ({len(labels_)}) and kinds ({len(kinds)}) differ.")
     scores = pca_scores(train_images, test_images, n_components, size)
-    result = {"overall": _auc(scores, labels_)}
-    normal = labels_ == 0
-    for kind in dict.fromkeys(str(k) for k, y in zip(kinds, labels_) if y == 1):
-        chosen = normal | ((labels_ == 1) & (np.asarray(kinds, dtype=str) == kind))
-        result[kind] = _auc(scores[chosen], labels_[chosen])
-    return result
+    return {kind: auc_or_nan(scores[keep], y) for kind, (keep, y) in finding_subsets(labels_, kinds).items()}
