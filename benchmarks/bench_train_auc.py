@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=0, metavar="N",
                         help="evaluate on N normal + N abnormal synthetic test images from the same generator (the "
                         "built-in test split is the first 200 of each) for tighter per-kind intervals; built-in set only")
+    parser.add_argument("--test-seed", type=int, default=0, metavar="S",
+                        help="with --test-images: seed of the test images; 0 (default) extends the built-in test split, "
+                        "another seed draws a fresh, independent set (e.g. to confirm a choice made on seed 0)")
     parser.add_argument("--paired-with", type=Path, metavar="WORKDIR2",
                         help="also report this run's reconstruction AUC minus that of the run in WORKDIR2 (evaluated on "
                         "the same test split, e.g. with the same --test-images), paired on the same images")
@@ -202,6 +205,8 @@ def main() -> None:
         "device": "cpu",
         **_overrides(extra),
     }
+    if args.test_seed and not args.test_images:
+        raise SystemExit("--test-seed needs --test-images.")
     if args.test_images and "dataset_dir" in override:
         raise SystemExit("--test-images needs the built-in synthetic set (no --dataset_dir override).")
     dataset_dir = Path(ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"])))
@@ -237,12 +242,13 @@ def _evaluate(args: argparse.Namespace, override: dict[str, Any], dataset_dir: P
     generator) and compare it with the PCA floor; with ``--report-only`` and the built-in split, reuse WORKDIR/eval."""
     eval_override, test_dir = dict(override), dataset_dir
     if args.test_images:
+        name = f"test{args.test_images}" + (f"_seed{args.test_seed}" if args.test_seed else "")
         # one training image: a dataset needs a training split, the evaluation reads only the test split
-        test_dir = Path(ensure_synthetic_dataset(args.workdir / f"data_test{args.test_images}", n_train=1,
-                                                 n_val_normal=0, n_val_abnormal=0, n_test_normal=args.test_images,
-                                                 n_test_abnormal=args.test_images))
+        test_dir = Path(ensure_synthetic_dataset(args.workdir / f"data_{name}", n_train=1, n_val_normal=0,
+                                                 n_val_abnormal=0, n_test_normal=args.test_images,
+                                                 n_test_abnormal=args.test_images, seed=args.test_seed))
         eval_override.update(dataset_dir=str(test_dir), img_size=override.get("img_size", 64),
-                             eval_output_dir=str(args.workdir / f"eval_test{args.test_images}"))
+                             eval_output_dir=str(args.workdir / f"eval_{name}"))
     eval_dir = Path(eval_override["eval_output_dir"])
     if args.test_images or not args.report_only:
         _workflow(["train.json", "evaluate.json"], "eval", "evaluating", **eval_override, overwrite=True).run()
