@@ -15,6 +15,9 @@ images (its interval, and ``p_not_better``: the fraction of resamples in which t
 (``minus_paired_run``), e.g. to compare two settings::
 
     python benchmarks/bench_train_auc.py --workdir A --report-only --test-images 1000 --paired-with B
+
+A setting chosen on one test set is confirmed on another: ``--test-seed 1`` draws a fresh, independent set
+(both runs need it, the run in B first).
 """
 
 from __future__ import annotations
