@@ -107,6 +107,12 @@ def bootstrap_aucs(
     return out[0] if single else out
 
 
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Central percentile interval ``(low, high)`` of ``values`` covering ``level``."""
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def auc_confidence_interval(
     scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, level: float = 0.95,
     num_resamples: int = 2000, seed: int = 0,
@@ -115,9 +121,7 @@ def auc_confidence_interval(
     y = np.asarray(labels).reshape(-1)
     if y.size == 0 or y.min() == y.max():
         return float("nan"), float("nan")
-    aucs = bootstrap_aucs(scores, y, num_resamples, seed)
-    low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    return _percentile_interval(bootstrap_aucs(scores, y, num_resamples, seed), level)
 
 
 def paired_auc_difference(
@@ -137,17 +141,15 @@ def paired_auc_difference(
     y = np.asarray(labels).reshape(-1)
     aucs = bootstrap_aucs(np.stack([np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)]), y,
                           num_resamples, seed)
-    quantiles = [(1 - level) / 2, (1 + level) / 2]
     diffs = aucs[0] - aucs[1]
-    low, high = np.quantile(diffs, quantiles)
-    interval_a, interval_b = (tuple(float(v) for v in np.quantile(a, quantiles)) for a in aucs)
+    low, high = _percentile_interval(diffs, level)
     return {
         "difference": auc_or_nan(scores_a, y) - auc_or_nan(scores_b, y),
-        "low": float(low),
-        "high": float(high),
+        "low": low,
+        "high": high,
         "fraction_not_above_zero": float(np.mean(diffs <= 0)),
-        "interval_a": interval_a,
-        "interval_b": interval_b,
+        "interval_a": _percentile_interval(aucs[0], level),
+        "interval_b": _percentile_interval(aucs[1], level),
     }
 
 
