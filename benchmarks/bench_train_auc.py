@@ -91,13 +91,17 @@ def _test_rows(scores_csv: Path, manifest: Path, dataset_dir: Path) -> tuple[lis
     return test, [scored[key] for key in keys]
 
 
-def _auc_by_finding(test: list[dict], scored: list[dict]) -> dict[str, dict[str, float]]:
+Subsets = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _auc_by_finding(scored: list[dict], subsets: Subsets) -> dict[str, dict[str, float]]:
     """Per finding kind: AUC of each score, normal test images against that kind's test images."""
-    masks = {kind: mask for kind, mask in _kind_masks(test).items() if kind != "overall"}
     result: dict[str, dict[str, float]] = {}
     for score in ("score_discriminator", "score_reconstruction"):
         s = np.array([float(r[score]) for r in scored])
-        for kind, (keep, labels) in masks.items():
+        for kind, (keep, labels) in subsets.items():
+            if kind == "overall":
+                continue
             result.setdefault(kind, {})[score.removeprefix("score_")] = auc_or_nan(s[keep], labels)
     return result
 
@@ -115,7 +119,7 @@ def _floor_scores(train_dir: Path, test_dir: Path, test: list[dict]) -> np.ndarr
     return pca_scores(train, [load(test_dir, r) for r in test])
 
 
-def _kind_masks(test: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _kind_masks(test: list[dict]) -> Subsets:
     """``{"overall" | kind: (images kept, their labels)}`` of the manifest rows ``test``."""
     kinds = [r["finding"] for r in test]
     return finding_subsets([int(k != "normal") for k in kinds], kinds)
@@ -134,11 +138,11 @@ def _difference(diff: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _against_floor(test: list[dict], model: np.ndarray, floor: np.ndarray) -> dict[str, dict]:
+def _against_floor(subsets: Subsets, model: np.ndarray, floor: np.ndarray) -> dict[str, dict]:
     """Overall and per finding kind: the model's AUC and the floor's, each with a 95 % bootstrap interval, and
     the paired difference model - floor on the same images (interval, fraction of resamples not above 0)."""
     result = {}
-    for kind, (keep, labels) in _kind_masks(test).items():
+    for kind, (keep, labels) in subsets.items():
         diff = paired_auc_difference(model[keep], floor[keep], labels)
         result[kind] = {
             "auc": round(auc_or_nan(model[keep], labels), 4),
@@ -160,7 +164,8 @@ def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path 
     of the reconstruction score's AUC, this run - that run, overall and per kind."""
     test, scored = _test_rows(eval_dir / "scores.csv", test_dir / "findings.csv", test_dir)
     model = _reconstruction_scores(scored)
-    against = _against_floor(test, model, _floor_scores(train_dir, test_dir, test))
+    subsets = _kind_masks(test)
+    against = _against_floor(subsets, model, _floor_scores(train_dir, test_dir, test))
     extra = {}
     if paired_with is not None:
         _, other = _test_rows(paired_with / eval_dir.name / "scores.csv", test_dir / "findings.csv",
@@ -168,12 +173,12 @@ def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path 
         other_scores = _reconstruction_scores(other)
         extra["minus_paired_run"] = {"run": str(paired_with), **{
             kind: _difference(paired_auc_difference(model[keep], other_scores[keep], labels))
-            for kind, (keep, labels) in _kind_masks(test).items()
+            for kind, (keep, labels) in subsets.items()
         }}
     return {
         "test_images": {"normal": sum(r["finding"] == "normal" for r in test),
                         "abnormal": sum(r["finding"] != "normal" for r in test)},
-        "test_auc_by_finding": _auc_by_finding(test, scored),
+        "test_auc_by_finding": _auc_by_finding(scored, subsets),
         "pca_floor_auc": {kind: values["floor_auc"] for kind, values in against.items()},
         "reconstruction_vs_floor": against,
         **extra,
