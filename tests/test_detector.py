@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,11 +43,14 @@ def make_detector(generator: nn.Module | None = None, **kwargs) -> AnomalyDetect
 
 
 def reference_score(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sigma: float,
-                    fraction: float, eps: float = 1e-3) -> torch.Tensor:
-    """The raw reconstruction score from its definition: Gaussian-smoothed residual, per-pixel z-score, mean of the
-    largest ``fraction`` of z^2 (sorted, at least one pixel)."""
+                    fraction: float, eps: float = 1e-3, floor: float = 0.4) -> torch.Tensor:
+    """The raw reconstruction score from its definition: Gaussian-smoothed residual, per-pixel z-score with the std
+    raised by ``floor`` times its median over the pixels (the lower middle value), mean of the largest ``fraction``
+    of z^2 (sorted, at least one pixel)."""
     residual = GaussianFilter(2, sigma)(x - recon)
-    z2 = (((residual - mean) / (std + eps)) ** 2).flatten(1)
+    values = std.flatten().sort().values
+    median = values[(values.numel() - 1) // 2]
+    z2 = (((residual - mean) / (std + floor * median + eps)) ** 2).flatten(1)
     k = max(1, int(fraction * z2.shape[1]))
     return z2.sort(dim=1, descending=True).values[:, :k].mean(1)
 
@@ -102,7 +107,8 @@ def test_unmeasured_statistics_are_mean_zero_std_one() -> None:
         raw = detector.raw_scores(x)
     residual = x - BlurGenerator()(x)["recon"]  # sigma 0: no smoothing
     torch.testing.assert_close(raw["residual"], residual)
-    torch.testing.assert_close(raw["recon_error"], (residual / (1 + 1e-3)).square().mean((1, 2, 3)))
+    # std 1 everywhere, so its median is 1 too
+    torch.testing.assert_close(raw["recon_error"], (residual / (1 + 0.4 + 1e-3)).square().mean((1, 2, 3)))
 
 
 def test_residual_where_every_normal_has_it_does_not_count() -> None:
@@ -124,6 +130,73 @@ def test_residual_where_every_normal_has_it_does_not_count() -> None:
     mae = {name: out["anomaly_map"].mean((1, 2, 3)) for name, out in
            (("plain", plain), ("normal", normal), ("abnormal", abnormal))}
     torch.testing.assert_close(mae["normal"] - mae["plain"], mae["abnormal"] - mae["normal"], atol=0, rtol=0.1)
+
+
+def _set_pixel_statistics(detector: AnomalyDetector, std: torch.Tensor) -> None:
+    """Per-pixel statistics by hand: mean 0, the given std (1 x 1 x SIZE x SIZE)."""
+    detector.statistics.pixel_mean.zero_()
+    detector.statistics.pixel_std.copy_(std)
+
+
+def test_std_floor_weighs_residuals_where_normal_images_vary_more() -> None:
+    """Two images with the same per-pixel z-score (5 std) at one pixel, one where normal residuals vary little
+    (std 0.01), one where they vary much (std 0.04): without a floor both score alike, with it the residual where
+    normals vary more scores higher, by the factor the definition gives."""
+    std = torch.full((1, 1, SIZE, SIZE), 0.02)
+    std[..., 0, :4] = 0.01
+    std[..., 1, :4] = 0.04  # the median stays 0.02
+    x = torch.zeros(2, 1, SIZE, SIZE)
+    x[0, 0, 0, 0], x[1, 0, 1, 0] = 0.05, 0.2
+    scores = {}
+    for floor in (0.0, 0.5):
+        detector = make_detector(ConstantGenerator(), residual_sigma=0.0, residual_top_fraction=1 / SIZE ** 2,
+                                 residual_std_floor=floor)
+        _set_pixel_statistics(detector, std)
+        with torch.no_grad():
+            scores[floor] = detector.residual_score(x)
+    for floor, added in ((0.0, 0.0), (0.5, 0.01)):  # half the median std 0.02
+        want = torch.tensor([(0.05 / (0.01 + added + 1e-3)) ** 2, (0.2 / (0.04 + added + 1e-3)) ** 2])
+        torch.testing.assert_close(scores[floor], want, rtol=1e-5, atol=0)
+    assert float(scores[0.0][1]) < 1.2 * float(scores[0.0][0])  # alike but for eps
+    assert float(scores[0.5][1]) > 2.5 * float(scores[0.5][0])
+
+
+def test_std_floor_travels_with_the_state_dict(caplog) -> None:
+    """The floor the statistics were measured with replaces the constructor's, with a warning naming both."""
+    source = make_detector(residual_std_floor=0.7)
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        raw = source.raw_scores(x)
+        source.update_statistics(raw["disc_logit"], raw["residual"])
+    target = make_detector(residual_std_floor=0.1)
+    with caplog.at_level(logging.WARNING, logger="scripts.detector"):
+        target.load_state_dict(source.state_dict())
+    assert float(target.statistics.std_floor) == pytest.approx(0.7)
+    assert "residual_std_floor 0.7" in caplog.text and "instead of 0.1" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(target.raw_scores(x)["recon_error"], source.raw_scores(x)["recon_error"])
+
+
+def test_state_dict_without_std_floor_scores_as_it_was_measured(caplog) -> None:
+    """A state dict saved before the floor existed loads with floor 0: the z-scores its image-level statistics were
+    measured with (std + eps only)."""
+    measured = make_detector(residual_std_floor=0.0)
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        raw = measured.raw_scores(x)
+        measured.update_statistics(raw["disc_logit"], raw["residual"])
+    old = {k: v for k, v in measured.state_dict().items() if k != "statistics.std_floor"}
+    target = make_detector()
+    with caplog.at_level(logging.WARNING, logger="scripts.detector"):
+        target.load_state_dict(old)  # strict
+    assert float(target.statistics.std_floor) == 0.0
+    assert bool(target.statistics.ready)
+    assert "instead of 0.4" in caplog.text
+    with torch.no_grad():
+        recon = BlurGenerator()(x)["recon"]
+        want = reference_score(x, recon, measured.statistics.pixel_mean, measured.statistics.pixel_std,
+                               SIZE / 64, 0.01, floor=0.0)
+        torch.testing.assert_close(target.raw_scores(x)["recon_error"], want, atol=1e-5, rtol=1e-5)
 
 
 def test_statistics_round_trip_through_the_state_dict() -> None:
@@ -210,7 +283,7 @@ def test_constructor_arguments() -> None:
     with pytest.raises(ValueError, match="img_size"):
         AnomalyDetector(BlurGenerator(), discriminator)
     for kwargs in ({"residual_sigma": -1.0}, {"residual_top_fraction": 0.0}, {"residual_top_fraction": 1.5},
-                   {"score_kind": "mse"}):
+                   {"score_kind": "mse"}, {"residual_std_floor": -0.1}):
         with pytest.raises(ValueError):
             AnomalyDetector(BlurGenerator(), discriminator, img_size=SIZE, **kwargs)
     with pytest.raises(ValueError, match="residuals must be"):

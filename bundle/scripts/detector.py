@@ -27,22 +27,32 @@ class ScoreStatistics(nn.Module):
     reconstruction score, over the same images; ``ready`` says whether they were measured; ``threshold`` is
     the decision threshold on the normalised anomaly score of the detector's kind.
 
+    ``std_floor`` (a scalar buffer) is the fraction of the median per-pixel std added to every pixel's std when
+    standardising: pixels where normal residuals hardly vary (the mediastinum, the border) then do not outweigh
+    larger residuals where they vary more (lung bases, heart border). It travels with the statistics because the
+    image-level ``mean``/``std`` were measured with it: a loaded state dict's value replaces the constructor's.
+
     A state dict written before the per-pixel buffers existed loads without error: the per-pixel statistics
-    keep their defaults and ``ready`` is cleared, so that they are measured again.
+    keep their defaults and ``ready`` is cleared, so that they are measured again. One written before
+    ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its statistics were measured with.
 
     Args:
         img_size: side ``H = W`` of the scored images.
         eps: added to the per-pixel std when standardising, so pixels where every training residual is the
             same (e.g. a black border) do not divide by zero.
+        std_floor: the fraction of the median per-pixel std added to each pixel's std, >= 0.
     """
 
     PIXEL_BUFFERS = ("pixel_mean", "pixel_std")
 
-    def __init__(self, img_size: int, eps: float = 1e-3) -> None:
+    def __init__(self, img_size: int, eps: float = 1e-3, std_floor: float = 0.4) -> None:
         super().__init__()
         if img_size < 1:
             raise ValueError(f"img_size must be positive, got {img_size}.")
+        if std_floor < 0:
+            raise ValueError(f"std_floor must be >= 0, got {std_floor}.")
         self.eps = eps
+        self.register_buffer("std_floor", torch.tensor(float(std_floor)))
         self.register_buffer("mean", torch.zeros(2))
         self.register_buffer("std", torch.ones(2))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
@@ -51,8 +61,10 @@ class ScoreStatistics(nn.Module):
         self.register_buffer("pixel_std", torch.ones(1, 1, img_size, img_size))
 
     def standardise(self, residual: torch.Tensor) -> torch.Tensor:
-        """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + eps)`` of B x 1 x H x W residuals."""
-        return (residual - self.pixel_mean) / (self.pixel_std + self.eps)
+        """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + std_floor * median(pixel_std) + eps)`` of
+        B x 1 x H x W residuals."""
+        scale = self.pixel_std + self.std_floor * self.pixel_std.median() + self.eps
+        return (residual - self.pixel_mean) / scale
 
     def update_pixels(self, residual: torch.Tensor) -> None:
         """Measure the per-pixel statistics from the smoothed residuals of N training images (N x 1 x H x W)."""
@@ -84,9 +96,18 @@ class ScoreStatistics(nn.Module):
         error_msgs: list[str],
     ) -> None:
         absent = [prefix + name for name in self.PIXEL_BUFFERS if prefix + name not in state_dict]
+        floor_key = prefix + "std_floor"
+        configured_floor = float(self.std_floor)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if floor_key not in state_dict:
+            if floor_key in missing_keys:
+                missing_keys.remove(floor_key)
+            self.std_floor.zero_()
+        if float(self.std_floor) != configured_floor:
+            logger.warning("the loaded score statistics were measured with residual_std_floor %g: it scores with that "
+                           "instead of %g.", float(self.std_floor), configured_floor)
         if not absent:
             return
         for key in absent:
@@ -107,8 +128,9 @@ class AnomalyDetector(nn.Module):
     - ``"discriminator"`` (the paper's): ``s = D(G(x))`` logit, standardised by the mean and standard
       deviation of the same quantity over training images, anomaly score ``1 - sigmoid(z)``.
     - ``"reconstruction"``: the residual ``x - G(x)`` is smoothed with a Gaussian (``residual_sigma``) and
-      standardised per pixel by its mean and std over normal training images; the raw score is the mean of
-      the largest ``residual_top_fraction`` of the squared per-pixel z-scores. It is standardised over the
+      standardised per pixel by its mean and std over normal training images (the std plus
+      ``residual_std_floor`` times its median over the image); the raw score is the mean of the largest
+      ``residual_top_fraction`` of the squared per-pixel z-scores. It is standardised over the
       training images like the discriminator's, anomaly score ``sigmoid(z)``. Fine anatomy that the
       generator cannot reproduce in normal images too (ribs, vessels) thus counts less than residuals where
       normal images have none.
@@ -126,6 +148,8 @@ class AnomalyDetector(nn.Module):
             ``None`` takes ``img_size / 64``.
         residual_top_fraction: fraction of the pixels, the largest squared z-scores, whose mean is the raw
             reconstruction score (at least one pixel), in (0, 1].
+        residual_std_floor: fraction of the median per-pixel std of normal residuals added to every pixel's std
+            in the z-score (:class:`ScoreStatistics`), >= 0; a loaded state dict's value replaces it.
     """
 
     def __init__(
@@ -136,6 +160,7 @@ class AnomalyDetector(nn.Module):
         img_size: int | None = None,
         residual_sigma: float | None = None,
         residual_top_fraction: float = 0.01,
+        residual_std_floor: float = 0.4,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -156,7 +181,7 @@ class AnomalyDetector(nn.Module):
         self.residual_sigma = residual_sigma
         self.residual_top_fraction = residual_top_fraction
         self.top_k = max(1, int(residual_top_fraction * img_size * img_size))
-        self.statistics = ScoreStatistics(img_size)
+        self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
