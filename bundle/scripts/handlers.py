@@ -71,9 +71,10 @@ def compute_score_statistics(
     statistics = detector.statistics
     logger.info(
         "score statistics over %d training images: disc logit %.4f +- %.4f, recon score %.4f +- %.4f "
-        "(residual std per pixel %.4f to %.4f)",
+        "(residual std per pixel %.4f to %.4f, median %.4f, plus the floor %g x median)",
         seen, *(float(v) for v in (statistics.mean[0], statistics.std[0], statistics.mean[1], statistics.std[1],
-                                    statistics.pixel_std.min(), statistics.pixel_std.max())),
+                                    statistics.pixel_std.min(), statistics.pixel_std.max(),
+                                    statistics.pixel_std.median(), statistics.std_floor)),
     )
 
 
