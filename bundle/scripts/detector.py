@@ -62,7 +62,7 @@ class ScoreStatistics(nn.Module):
 
     def standardise(self, residual: torch.Tensor) -> torch.Tensor:
         """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + std_floor * median(pixel_std) + eps)`` of
-        B x 1 x H x W residuals."""
+        B x 1 x H x W residuals (``torch.median`` over all pixels: the lower middle value for an even count)."""
         scale = self.pixel_std + self.std_floor * self.pixel_std.median() + self.eps
         return (residual - self.pixel_mean) / scale
 
