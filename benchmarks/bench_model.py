@@ -9,7 +9,8 @@ size (``ru_maxrss``) belongs to it alone. Usage (from the repository root)::
 The training step is the generator's: forward (train mode) + discriminator logits of the reconstruction
 + every generator loss term + backward + Adam step (fused kernel unless ``--no-fused-adam``) +
 memory-queue write. Inference is one batch through
-the generator (eval mode) plus the discriminator score, under ``torch.inference_mode``.
+the generator (eval mode) plus the discriminator score, under ``torch.inference_mode``. Each measurement sets
+glibc's allocator as the bundle's config for it does (``--malloc-mmap-threshold``, ``--malloc-heap-only``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def _measure(mode: str, precision: str, args: argparse.Namespace) -> dict:
     """Run ``warmup + repeats`` iterations of one mode; return the per-iteration seconds and peak RSS."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if mode == "train":  # as train.json does; inference.json leaves the allocator as it is
+    if mode == "train":  # as train.json does
         set_malloc_mmap_threshold(args.malloc_mmap_threshold)
-        set_malloc_heap_only(args.malloc_heap_only)
+    heap_only = args.malloc_heap_only if args.malloc_heap_only is not None else mode == "infer"
+    set_malloc_heap_only(heap_only)  # as train.json (false) and inference.json (true) do by default
     generator, discriminator = SimSIDGenerator(img_size=args.img_size), Discriminator(img_size=args.img_size)
     x = torch.rand(args.batch, 1, args.img_size, args.img_size)
     times = []
@@ -102,8 +104,9 @@ def main() -> None:
         "one)",
     )
     parser.add_argument(
-        "--malloc-heap-only", action="store_true",
-        help="training: every allocation from glibc's heap, never trimmed, as train.json's malloc_heap_only does",
+        "--malloc-heap-only", nargs="?", const="true", choices=["true", "false"],
+        help="every allocation from glibc's heap, never trimmed, as the configs' malloc_heap_only does; default: as "
+        "train.json (false) for training, as inference.json (true) for inference",
     )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""glibc's mmap threshold fixed for training, and the heap-only option (``scripts.host_memory``)."""
+"""glibc's mmap threshold fixed for training, and the heap-only allocator (a training option; the default of
+evaluation and inference) (``scripts.host_memory``)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,20 @@ def test_training_configs_fix_the_threshold_before_anything_is_built() -> None:
         assert parser.get_parsed_content("malloc_mmap_threshold") == 16 * 1024 * 1024
         heap_only = steps.index("$scripts.host_memory.set_malloc_heap_only(@malloc_heap_only)")
         assert heap_only == index + 1 and parser.get_parsed_content("malloc_heap_only") is False
+
+
+def test_evaluation_and_inference_configs_allocate_from_the_heap_first() -> None:
+    from monai.bundle import ConfigParser
+
+    from bundle_utils import CONFIGS
+
+    for files in (["train.json", "evaluate.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        steps = parser["initialize"]
+        assert steps[0] == "$scripts.host_memory.set_malloc_heap_only(@malloc_heap_only)", files
+        assert parser.get_parsed_content("malloc_heap_only") is True, files
+        assert not any("set_malloc_mmap_threshold" in step for step in steps), files
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

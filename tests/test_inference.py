@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import nibabel as nib
@@ -26,7 +27,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from bundle_utils import CONFIGS, TINY, workflow
-from scripts.inference import LoadRadiographOrErrord, list_inputs, output_stem, render_overlay
+from scripts.inference import AnomalyMapWriter, LoadRadiographOrErrord, list_inputs, output_stem, render_overlay
 from scripts.io import LoadRadiograph
 from scripts.synthetic import synthesize_radiograph
 
@@ -193,7 +194,7 @@ def model(tmp_path_factory, folder) -> dict:
 @pytest.fixture(scope="module")
 def results(folder, model) -> dict:
     out = folder["root"] / "results"
-    wf = run(run_inference(folder["root"], out, model["path"], num_workers=1, batch_size=3))
+    wf = run(run_inference(folder["root"], out, model["path"], num_workers=1, batch_size=3, writer_threads=3))
     return {"wf": wf, "out": out, "rows": read_csv(out / "anomaly_scores.csv")}
 
 
@@ -334,6 +335,69 @@ def test_dicom_inputs_get_a_secondary_capture_in_their_study(results, folder) ->
     assert captures[folder["root"] / "rg1.dcm"].SeriesInstanceUID != first.SeriesInstanceUID
     non_dicom = [p for p in folder["good"] if p.suffix != ".dcm"]
     assert all(rows[str(p)]["dicom_sc"] == "" for p in non_dicom)
+
+
+def _write_batch(folder: dict, out: Path, num_threads: int, broken: Path) -> tuple[list[dict], list[dict]]:
+    """Every good input of ``folder``, one input whose loading failed, and ``broken`` (a good PNG, corrupted
+    after it was loaded), as one decollated batch through an :class:`AnomalyMapWriter` with ``num_threads``.
+    Returns the batch and output items (with what the writer recorded in them)."""
+    shutil.copy(folder["root"] / "ward_a" / "chest.png", broken)
+    rng = np.random.default_rng(7)
+    batch, output = [], []
+    for path in [*folder["good"], broken]:
+        image = LoadRadiograph()(path)
+        batch.append({"image": image})
+        output.append({"anomaly_map": torch.as_tensor(rng.random((1, *image.shape[1:]), dtype=np.float32)),
+                       "score": torch.tensor(float(rng.random()))})
+    batch.insert(2, {"image": str(folder["bad"]["empty"]), "error": "could not be read"})
+    output.insert(2, {})
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # reloading it for the overlay fails
+    engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))
+    writer = AnomalyMapWriter(out, tiny_detector(), num_threads=num_threads)
+    writer.started(engine)
+    writer(engine)
+    return batch, output
+
+
+def test_threaded_writer_writes_the_same_files_and_errors_as_one_thread(folder, tmp_path) -> None:
+    (batch_1, output_1), (batch_4, output_4) = (
+        _write_batch(folder, tmp_path / f"threads_{n}", n, tmp_path / "broken.png") for n in (1, 4))
+    errors = [item.get("error") for item in batch_1]
+    assert errors == [item.get("error") for item in batch_4]
+    assert errors[2] == "could not be read"
+    assert errors[-1].startswith(f"outputs of '{tmp_path / 'broken.png'}' not written: ")
+    assert sum(e is not None for e in errors) == 2 and "outputs" not in output_1[-1] and "outputs" not in output_4[-1]
+    written = [o.get("outputs") for o in output_1]
+    assert written == [o.get("outputs") for o in output_4] and sum(w is not None for w in written) == len(folder["good"])
+    out_1, out_4 = tmp_path / "threads_1", tmp_path / "threads_4"
+    names = sorted(p.name for p in out_1.iterdir())
+    assert names == sorted(p.name for p in out_4.iterdir()) and len(names) == 2 * len(folder["good"]) + 4  # + 3 captures, broken's map
+    for name in names:
+        if name.endswith(".png"):
+            np.testing.assert_array_equal(np.asarray(Image.open(out_1 / name)), np.asarray(Image.open(out_4 / name)))
+        elif name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(nib.load(out_1 / name).get_fdata(), nib.load(out_4 / name).get_fdata())
+        else:
+            np.testing.assert_array_equal(pydicom.dcmread(out_1 / name).pixel_array,
+                                          pydicom.dcmread(out_4 / name).pixel_array)
+    by_source = {str(b["image"].meta["filename_or_obj"]): o for b, o in zip(batch_4, output_4) if "outputs" in o}
+    first, second = (pydicom.dcmread(out_4 / by_source[str(p)]["outputs"]["dicom_sc"]) for p in folder["small_dicoms"])
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID  # one derived series per source series
+
+
+def test_threaded_writer_raises_an_unexpected_error_after_writing_the_rest_of_the_batch(folder, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    taken = out / f"{output_stem(folder['good'][1])}_overlay.png"
+    taken.write_bytes(b"an earlier run's overlay")
+    with pytest.raises(FileExistsError, match="--overwrite true"):
+        _write_batch(folder, out, 4, tmp_path / "broken.png")
+    assert taken.read_bytes() == b"an earlier run's overlay"  # never replaced
+    maps = {p.name for p in out.glob("*_anomaly_map.nii.gz")}
+    # maps come first: every item's, the broken one's included, was written
+    assert maps == {f"{output_stem(p)}_anomaly_map.nii.gz" for p in [*folder["good"], tmp_path / "broken.png"]}
+    with pytest.raises(ValueError, match="num_threads"):
+        AnomalyMapWriter(out, tiny_detector(), num_threads=0)
 
 
 def test_overlay_shows_the_radiograph_where_the_map_is_zero_and_the_colour_map_at_vmax() -> None:

@@ -1,4 +1,4 @@
-"""Host (CPU) memory for training: glibc's mmap threshold, or a heap-only allocator.
+"""Host (CPU) memory: glibc's mmap threshold for training, a heap-only allocator for evaluation and inference.
 
 PyTorch allocates CPU tensors with ``malloc``. glibc serves a request from its heap unless it is at least the
 *mmap threshold*, which starts at 128 KiB and rises to the size of every mapped block that is freed, up to
@@ -17,7 +17,13 @@ Every mapped block costs page faults when it is first written, and the kernel ze
 2.5-5 CPU-seconds of system time per step. :func:`set_malloc_heap_only` is the other end of the trade: no block is
 mapped and the heap is never trimmed, so after the first steps every block reuses resident memory. In 3 alternating
 benchmark rounds there the median training step took 24-40 % less time and the peak resident memory was 0.2-0.4 GB
-higher (the heap's free gaps), which is why it is an option (``malloc_heap_only``) and not the default.
+higher (the heap's free gaps), which is why it is an option for training (``malloc_heap_only``) and not its default.
+Evaluation and inference allocate the same blocks every batch and keep far less alive, so there the heap's gaps cost
+nothing: ``evaluate.json`` and ``inference.json`` set ``malloc_heap_only`` by default. Whatever the threshold, a block
+above 32 MiB that the free heap cannot hold gets a fresh mapping, faulted in again every batch (in inference, the
+128 x 128 activations of a batch of 16); heap-only inference (``inference.json``, 128 x 128, CPU) over 403
+PNGs took 50-53 s instead of 57-59 s (system time 3 s instead of 9 s), over 48 DICOMs of 2000-3000 pixels per side
+91-93 s instead of 101-103 s, at the same peak resident memory within 3 % (``bundle/docs/benchmarks_model.md``).
 
 A different allocator avoids the trade: with tcmalloc preloaded (``LD_PRELOAD``, README) freed blocks stay in its
 size-class caches, so steps neither fault nor fragment: on those machines the median step took 7.7-8.0 s instead
@@ -73,8 +79,9 @@ def set_malloc_mmap_threshold(nbytes: int | None) -> bool:
 def set_malloc_heap_only(enabled: bool | str) -> bool:
     """Serve every glibc allocation from the heap and never trim it, for the rest of the process.
 
-    Faster training steps where page faults are expensive, at a higher peak resident memory (module docstring).
-    Call it before the first large allocation; it overrides :func:`set_malloc_mmap_threshold`.
+    Faster where page faults are expensive; for training at a higher peak resident memory (module docstring).
+    Call it before the first large allocation; it overrides :func:`set_malloc_mmap_threshold`. Data-loader worker
+    processes forked afterwards inherit it.
 
     Args:
         enabled: ``False`` (or the command line's ``"false"``) leaves the allocator as it is.
