@@ -368,10 +368,12 @@ def test_threaded_writer_writes_the_same_files_and_errors_as_one_thread(folder, 
     assert errors[-1].startswith(f"outputs of '{tmp_path / 'broken.png'}' not written: ")
     assert sum(e is not None for e in errors) == 2 and "outputs" not in output_1[-1] and "outputs" not in output_4[-1]
     written = [o.get("outputs") for o in output_1]
-    assert written == [o.get("outputs") for o in output_4] and sum(w is not None for w in written) == len(folder["good"])
+    assert written == [o.get("outputs") for o in output_4]
+    assert sum(w is not None for w in written) == len(folder["good"])
     out_1, out_4 = tmp_path / "threads_1", tmp_path / "threads_4"
     names = sorted(p.name for p in out_1.iterdir())
-    assert names == sorted(p.name for p in out_4.iterdir()) and len(names) == 2 * len(folder["good"]) + 4  # + 3 captures, broken's map
+    assert names == sorted(p.name for p in out_4.iterdir())
+    assert len(names) == 2 * len(folder["good"]) + 4  # a map and an overlay each, 3 captures, the broken one's map
     for name in names:
         if name.endswith(".png"):
             np.testing.assert_array_equal(np.asarray(Image.open(out_1 / name)), np.asarray(Image.open(out_4 / name)))

@@ -19,11 +19,12 @@ mapped and the heap is never trimmed, so after the first steps every block reuse
 benchmark rounds there the median training step took 24-40 % less time and the peak resident memory was 0.2-0.4 GB
 higher (the heap's free gaps), which is why it is an option for training (``malloc_heap_only``) and not its default.
 Evaluation and inference allocate the same blocks every batch and keep far less alive, so there the heap's gaps cost
-nothing: ``evaluate.json`` and ``inference.json`` set ``malloc_heap_only`` by default. Whatever the threshold, a block
-above 32 MiB that the free heap cannot hold gets a fresh mapping, faulted in again every batch (in inference, the
-128 x 128 activations of a batch of 16); heap-only inference (``inference.json``, 128 x 128, CPU) over 403
-PNGs took 50-53 s instead of 57-59 s (system time 3 s instead of 9 s), over 48 DICOMs of 2000-3000 pixels per side
-91-93 s instead of 101-103 s, at the same peak resident memory within 3 % (``bundle/docs/benchmarks_model.md``).
+little: ``evaluate.json`` and ``inference.json`` set ``malloc_heap_only`` by default. Whatever the threshold, a
+block above 32 MiB that the free heap cannot hold gets a fresh mapping, faulted in again every batch (in inference,
+the 128 x 128 activations of a batch of 16); heap-only inference (``inference.json``, 128 x 128, CPU) over 403 PNGs
+took 50-53 s instead of 57-59 s (system time 3 s instead of 9 s), over 48 DICOMs of 2000-3000 pixels per side 91-93
+s instead of 101-103 s, at the same peak resident memory within 3 %; evaluation at 128 x 128 42-44 s instead of
+44-49 s (``bundle/docs/benchmarks_model.md``).
 
 A different allocator avoids the trade: with tcmalloc preloaded (``LD_PRELOAD``, README) freed blocks stay in its
 size-class caches, so steps neither fault nor fragment: on those machines the median step took 7.7-8.0 s instead
