@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,8 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from bundle_utils import CONFIGS, TINY, workflow
-from scripts.inference import AnomalyMapWriter, LoadRadiographOrErrord, list_inputs, output_stem, render_overlay
+from scripts.inference import (AnomalyMapWriter, LoadRadiographOrErrord, list_inputs, output_stem,
+                               render_overlay, write_gzip_huffman)
 from scripts.io import LoadRadiograph
 from scripts.synthetic import synthesize_radiograph
 
@@ -400,6 +402,23 @@ def test_threaded_writer_raises_an_unexpected_error_after_writing_the_rest_of_th
     assert maps == {f"{output_stem(p)}_anomaly_map.nii.gz" for p in [*folder["good"], tmp_path / "broken.png"]}
     with pytest.raises(ValueError, match="num_threads"):
         AnomalyMapWriter(out, tiny_detector(), num_threads=0)
+
+
+def test_gzip_maps_are_gzip_files_of_the_uncompressed_nifti(results, folder) -> None:
+    rows, out = results["rows"], results["out"]
+    for path in folder["good"]:
+        written = (out / rows[str(path)]["anomaly_map"]).read_bytes()
+        assert written[:2] == b"\x1f\x8b"  # a gzip file, which any reader inflates
+        plain = nib.Nifti1Image.from_bytes(gzip.decompress(written))
+        np.testing.assert_array_equal(plain.get_fdata(), nib.load(out / rows[str(path)]["anomaly_map"]).get_fdata())
+
+
+def test_gzip_huffman_writes_the_data_in_chunks(tmp_path) -> None:
+    data = np.random.default_rng(0).random(10_000).astype(np.float32).tobytes() + bytes(5000)
+    for chunk in (1000, 1 << 22):
+        write_gzip_huffman(tmp_path / "data.gz", data, chunk_bytes=chunk)
+        packed = (tmp_path / "data.gz").read_bytes()
+        assert gzip.decompress(packed) == data and len(packed) < len(data)
 
 
 def test_overlay_shows_the_radiograph_where_the_map_is_zero_and_the_colour_map_at_vmax() -> None:

