@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
@@ -272,6 +273,32 @@ def test_traced_detector_matches_eager() -> None:
         x = torch.rand(4, 1, SIZE, SIZE)
         for got, want in zip(traced(x), detector(x)):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+class TypeRecordingGenerator(BlurGenerator):
+    """The blur generator, recording the type of every input it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[type] = []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(type(x))
+        return super().forward(x)
+
+
+def test_metatensor_input_is_scored_as_a_plain_tensor() -> None:
+    generator = TypeRecordingGenerator()
+    detector = make_detector(generator, score_kind="reconstruction")
+    x = torch.rand(3, 1, SIZE, SIZE)
+    meta = MetaTensor(x.clone(), meta={"filename_or_obj": "a.png"})
+    with torch.no_grad():
+        plain, from_meta = detector.raw_scores(x), detector.raw_scores(meta)
+        outputs = detector(meta)
+    assert generator.seen == [torch.Tensor, torch.Tensor, torch.Tensor]  # the network never sees metadata
+    for key, value in plain.items():
+        assert type(from_meta[key]) is torch.Tensor and torch.equal(from_meta[key], value), key
+    assert all(type(out) is torch.Tensor for out in outputs)
 
 
 def test_constructor_arguments() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.networks.layers import gaussian_1d
 from torch import nn
 
@@ -204,13 +205,15 @@ class AnomalyDetector(nn.Module):
         """Reconstruction and un-normalised scores.
 
         Args:
-            x: B x 1 x H x W images in [0, 1].
+            x: B x 1 x H x W images in [0, 1]; a ``MetaTensor`` is read as a plain tensor (the outputs are plain).
 
         Returns:
             ``"recon"`` B x 1 x H x W, ``"anomaly_map"`` B x 1 x H x W (``|x - recon|``),
             ``"residual"`` B x 1 x H x W (:meth:`smoothed_residual`), ``"disc_logit"`` B,
             ``"recon_error"`` B (:meth:`residual_score`).
         """
+        if isinstance(x, MetaTensor):  # no metadata is needed inside; MetaTensor's per-op bookkeeping is not free
+            x = x.as_tensor()
         recon = self.generator(x)["recon"]
         anomaly_map = (x - recon).abs()
         residual = self.smoothed_residual(x, recon)
