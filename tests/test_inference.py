@@ -400,8 +400,10 @@ def test_threaded_writer_raises_an_unexpected_error_after_writing_the_rest_of_th
     maps = {p.name for p in out.glob("*_anomaly_map.nii.gz")}
     # maps come first: every item's, the broken one's included, was written
     assert maps == {f"{output_stem(p)}_anomaly_map.nii.gz" for p in [*folder["good"], tmp_path / "broken.png"]}
-    with pytest.raises(ValueError, match="num_threads"):
-        AnomalyMapWriter(out, tiny_detector(), num_threads=0)
+    for bad in (0, -2, "two", "2.5", 1.5, None):
+        with pytest.raises(ValueError, match="writer_threads"):
+            AnomalyMapWriter(out, tiny_detector(), num_threads=bad)
+    assert AnomalyMapWriter(out, tiny_detector(), num_threads="3").num_threads == 3  # as the command line gives it
 
 
 def test_gzip_maps_are_gzip_files_of_the_uncompressed_nifti(results, folder) -> None:

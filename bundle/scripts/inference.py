@@ -391,9 +391,13 @@ class AnomalyMapWriter:
         score_key: str = "score",
         error_key: str = "error",
     ) -> None:
-        if int(num_threads) < 1:
-            raise ValueError(f"num_threads must be at least 1, got {num_threads}.")
-        self.num_threads = int(num_threads)
+        try:
+            self.num_threads = int(num_threads)
+        except (TypeError, ValueError):
+            self.num_threads = 0
+        if self.num_threads < 1 or str(self.num_threads) != str(num_threads).strip():
+            raise ValueError(f"num_threads (inference.json's writer_threads) must be a whole number of at least 1, "
+                             f"got {num_threads!r}.")
         self.output_dir = Path(output_dir)
         self.detector = detector
         self.save_overlay = as_bool(save_overlay, "save_overlay")
