@@ -391,13 +391,11 @@ class AnomalyMapWriter:
         score_key: str = "score",
         error_key: str = "error",
     ) -> None:
-        try:
-            self.num_threads = int(num_threads)
-        except (TypeError, ValueError):
-            self.num_threads = 0
-        if self.num_threads < 1 or str(self.num_threads) != str(num_threads).strip():
+        text = str(num_threads).strip()  # an int, or the command line's string
+        if not text.isdecimal() or int(text) < 1:
             raise ValueError(f"num_threads (inference.json's writer_threads) must be a whole number of at least 1, "
                              f"got {num_threads!r}.")
+        self.num_threads = int(text)
         self.output_dir = Path(output_dir)
         self.detector = detector
         self.save_overlay = as_bool(save_overlay, "save_overlay")
