@@ -37,7 +37,6 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, load_decathlon_datalist
 from monai.transforms import MapTransform, Resize
 from monai.utils import ImageMetaKey, MetaKeys, convert_to_tensor
-from PIL import Image
 from pydicom.uid import generate_uid
 
 from .datalist import is_image_file
@@ -45,6 +44,7 @@ from .detector import AnomalyDetector
 from .dicom_sc import secondary_capture, write_secondary_capture
 from .engines import unwrap
 from .io import DICOM_META_KEYWORDS, LoadRadiograph, LoadRadiographd, RadiographLoadError
+from .png_writer import write_png_rgb
 from .workflow import as_bool
 
 __all__ = [
@@ -488,9 +488,7 @@ class AnomalyMapWriter:
         overlay = render_overlay(image[0].numpy(), amap, self.vmax, self.alpha, self.cmap)
         if self.save_overlay:
             path = self._path(stem, "_overlay.png")
-            # zlib's level 1 with Huffman coding only: 5x faster than the default level 6, and on the filtered rows of
-            # an overlay 10 % faster and 20 % smaller than level 1's LZ77
-            Image.fromarray(overlay, mode="RGB").save(path, compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
+            write_png_rgb(path, overlay)  # about 2x faster than Pillow's encoder (png_writer's docstring)
             written["overlay"] = path.name
         if self.save_dicom and image.meta.get("source_format") == "dicom":
             path = self._path(stem, "_anomaly_sc.dcm")
