@@ -111,11 +111,19 @@ def test_training_writes_checkpoints_that_round_trip(trained):
             assert torch.allclose(detector(x)[1], trained_detector(x)[1])
 
 
-def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path):
+def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog):
     _, ckpt_dir = trained
     out = tmp_path / "eval"
-    run(["train.json", "evaluate.json"], "eval", "evaluating", **TINY, dataset_dir=str(dataset),
-        ckpt_dir=str(ckpt_dir), eval_output_dir=str(out))
+    logger = logging.getLogger("scripts.progress")
+    logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
+    try:
+        run(["train.json", "evaluate.json"], "eval", "evaluating", **TINY, dataset_dir=str(dataset),
+            ckpt_dir=str(ckpt_dir), eval_output_dir=str(out))
+    finally:
+        logger.removeHandler(caplog.handler)
+    total = N_TEST_NORMAL + N_TEST_ABNORMAL
+    progress = [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
+    assert len(progress) == 1 and progress[0].startswith(f"evaluated {total} / {total} images (") and "in all" in progress[0]
     metrics = json.loads((out / "metrics.json").read_text())
     for kind in ("discriminator", "reconstruction"):
         m = metrics[kind]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -459,6 +460,23 @@ def test_existing_csv_is_not_overwritten_unless_asked(tmp_path, model) -> None:
     assert set(rows) == {str(inputs / "x0.png"), str(inputs / "x1.png")}
     maps = [r["anomaly_map"] for r in rows.values()]
     assert all(m.endswith("_anomaly_map.nii") and (out / m).is_file() for m in maps)
+
+
+def test_progress_is_logged_in_images_with_one_line_at_the_end(tmp_path, model, caplog) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(5):
+        Image.fromarray(np.rint(synthetic(30 + i) * 255).astype(np.uint8)).save(inputs / f"x{i}.png")
+    logger = logging.getLogger("scripts.progress")
+    logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
+    try:
+        run(run_inference(inputs, tmp_path / "out", model["path"], batch_size=2, progress_interval=0,
+                          save_overlay=False, save_map=False, save_dicom=False))
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
+    assert [line.split(" (")[0] for line in lines] == ["scored 2 / 5 images", "scored 4 / 5 images", "scored 5 / 5 images"]
+    assert "left)" in lines[0] and "in all)" in lines[-1]
 
 
 def test_missing_checkpoint_names_the_file_and_what_to_do(tmp_path) -> None:

@@ -1,0 +1,60 @@
+"""ProgressLogger: images done, rate and time left, at most every interval seconds, one line at the end."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from ignite.engine import Engine
+from torch.utils.data import DataLoader
+
+import scripts.progress as progress
+from scripts.progress import ProgressLogger, format_duration
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0 s"), (44.2, "45 s"), (60, "1 min"), (61, "2 min"), (3600, "1 h 00 min"), (7385, "2 h 04 min"),
+     (-3, "0 s"), (float("inf"), "unknown")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def _run(data, interval: float, seconds_per_iteration: float, monkeypatch, caplog) -> list[str]:
+    """Run an engine over ``data`` whose every iteration takes ``seconds_per_iteration`` on a fake clock."""
+    clock = [1000.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock only
+
+    def step(engine, batch):
+        clock[0] += seconds_per_iteration
+
+    engine = Engine(step)
+    ProgressLogger(interval, verb="scored").attach(engine)
+    with caplog.at_level(logging.INFO, logger="scripts.progress"):
+        engine.run(data)
+    return [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
+
+
+def test_lines_follow_the_interval_and_the_end_is_logged_once(monkeypatch, caplog) -> None:
+    lines = _run(DataLoader(range(10), batch_size=2), 30, 12, monkeypatch, caplog)
+    # 12 s per batch of 2: the first line after 36 s (6 images), then none until the end at 60 s
+    assert lines == ["scored 6 / 10 images (0.17 images/s, about 24 s left)",
+                     "scored 10 / 10 images (0.17 images/s, 1 min in all)"]
+
+
+def test_interval_zero_logs_every_iteration_and_the_last_batch_may_be_smaller(monkeypatch, caplog) -> None:
+    lines = _run(DataLoader(range(5), batch_size=2), 0, 1, monkeypatch, caplog)
+    assert [line.split(" (")[0] for line in lines] == ["scored 2 / 5 images", "scored 4 / 5 images", "scored 5 / 5 images"]
+
+
+def test_without_a_batch_size_batches_are_counted(monkeypatch, caplog) -> None:
+    lines = _run([[1, 2], [3, 4], [5]], 1e9, 5, monkeypatch, caplog)
+    assert lines == ["scored 3 / 3 batches (0.20 batches/s, 15 s in all)"]
+
+
+@pytest.mark.parametrize("interval", [-1, "soon", float("nan"), None])
+def test_bad_interval_is_refused(interval) -> None:
+    with pytest.raises(ValueError, match="progress interval"):
+        ProgressLogger(interval)
