@@ -179,15 +179,19 @@ def test_resume_from_checkpoint_without_transform_states_warns(dataset, tmp_path
     save_atomic(old, path)
     wf = workflow(["train.json"], "train", "training", **TINY, dataset_dir=str(dataset), ckpt_dir=str(path.parent),
                   output_dir=str(tmp_path / "tb"), epochs=2, resume=True)
-    logger = logging.getLogger("scripts.checkpoint")
-    logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
+    loggers = [logging.getLogger("scripts.checkpoint"), logging.getLogger("scripts.progress")]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
     try:
         wf.initialize()
         wf.run()
         wf.finalize()
     finally:
-        logger.removeHandler(caplog.handler)
+        for logger in loggers:
+            logger.removeHandler(caplog.handler)
     assert "no random state of the augmentation transforms" in caplog.text
+    progress = [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
+    assert len(progress) == 1 and progress[0].startswith("epoch 2 / 2 done (") and "about 0 s left" in progress[0]
     resumed = load_checkpoint(path)
     assert _epoch(resumed) == 2 and "transforms" in resumed["rng"]
 

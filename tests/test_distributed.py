@@ -201,10 +201,11 @@ def test_rank_zero_only_handlers_are_logging_handlers():
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     disabled = [k for k in multi if k.endswith("#_disabled_")]
-    assert len(disabled) == 4
+    assert len(disabled) == 5
     assert parser.get("train#handlers#0#_target_") == "LrScheduleHandler" and "train#handlers#0#print_lr" in multi
     for key in disabled:
-        assert parser.get(key.rsplit("#", 1)[0] + "#_target_") in ("StatsHandler", "TensorBoardStatsHandler"), key
+        assert parser.get(key.rsplit("#", 1)[0] + "#_target_") in (
+            "StatsHandler", "TensorBoardStatsHandler", "scripts.progress.EpochProgressLogger"), key
     # every other handler (learning rates, validation, score statistics, threshold) runs on every rank
     kept = [h.get("_target_") if isinstance(h, dict) else h for group in ("train", "validate")
             for i, h in enumerate(parser.get(f"{group}#handlers")) if f"{group}#handlers#{i}#_disabled_" not in multi]

@@ -10,7 +10,7 @@ from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
 import scripts.progress as progress
-from scripts.progress import ProgressLogger, format_duration
+from scripts.progress import EpochProgressLogger, ProgressLogger, format_duration
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,36 @@ def test_without_a_batch_size_batches_are_counted(monkeypatch, caplog) -> None:
 def test_bad_interval_is_refused(interval) -> None:
     with pytest.raises(ValueError, match="progress interval"):
         ProgressLogger(interval)
+
+
+def _train(monkeypatch, caplog, resume_from_epoch: int = 0) -> list[str]:
+    """Four epochs of two 10-second iterations on a fake clock, optionally resumed after ``resume_from_epoch``."""
+    clock = [50.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def step(engine, batch):
+        clock[0] += 10
+
+    engine = Engine(step)
+    EpochProgressLogger().attach(engine)
+    if resume_from_epoch:
+        engine.load_state_dict({"epoch": resume_from_epoch, "max_epochs": 4, "epoch_length": 2})
+    with caplog.at_level(logging.INFO, logger="scripts.progress"):
+        engine.run([1, 2], max_epochs=4)
+    return [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
+
+
+def test_epoch_lines_give_the_time_per_epoch_and_the_time_left(monkeypatch, caplog) -> None:
+    assert _train(monkeypatch, caplog) == [
+        "epoch 1 / 4 done (20 s per epoch, about 1 min left)",
+        "epoch 2 / 4 done (20 s per epoch, about 40 s left)",
+        "epoch 3 / 4 done (20 s per epoch, about 20 s left)",
+        "epoch 4 / 4 done (20 s per epoch, about 0 s left)",
+    ]
+
+
+def test_a_resumed_run_counts_only_its_own_epochs(monkeypatch, caplog) -> None:
+    assert _train(monkeypatch, caplog, resume_from_epoch=2) == [
+        "epoch 3 / 4 done (20 s per epoch, about 20 s left)",
+        "epoch 4 / 4 done (20 s per epoch, about 0 s left)",
+    ]

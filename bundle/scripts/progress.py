@@ -1,9 +1,10 @@
-"""Progress of long evaluation and inference runs, as log lines.
+"""Progress of long runs, as log lines.
 
 MONAI's ``StatsHandler`` logs losses per iteration; an evaluator or an inference run has no loss to log, and on a
 folder of thousands of clinical images it runs for hours. :class:`ProgressLogger` logs how many images are done, the
-rate and the time left, at most every ``interval`` seconds, through ``logging`` (so it lands wherever
-``logging.conf`` sends the bundle's logs, a terminal or a pipeline's log file alike).
+rate and the time left, at most every ``interval`` seconds; :class:`EpochProgressLogger` logs after every training
+epoch the time per epoch and the time left. Both log through ``logging``, so the lines land wherever
+``logging.conf`` sends the bundle's logs, a terminal or a pipeline's log file alike.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 from ignite.engine import Engine, Events
 
-__all__ = ["ProgressLogger", "format_duration"]
+__all__ = ["EpochProgressLogger", "ProgressLogger", "format_duration"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +99,30 @@ class ProgressLogger:
         left = (total - done) / rate if rate > 0 else math.inf
         tail = f", about {format_duration(left)} left" if done < total else f", {format_duration(elapsed)} in all"
         logger.info(f"{self.verb} {done} / {total} {unit} ({rate:.2f} {unit}/s{tail})")
+
+
+class EpochProgressLogger:
+    """Logs ``"epoch 17 / 200 done (102 s per epoch, about 5 h 12 min left)"`` after every epoch of a training run.
+
+    The time per epoch is the wall time since the run (or its resumption) started divided by the epochs completed
+    since, so it includes validation and checkpointing when their handlers run before this one.
+    """
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._first_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start, self._first_epoch = time.monotonic(), engine.state.epoch  # epoch > 0 when resumed
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        epoch, max_epochs = engine.state.epoch, engine.state.max_epochs
+        per_epoch = (time.monotonic() - self._start) / max(epoch - self._first_epoch, 1)
+        left = per_epoch * (max_epochs - epoch) if max_epochs is not None else math.inf
+        logger.info(
+            f"epoch {epoch} / {max_epochs} done ({per_epoch:.0f} s per epoch, about {format_duration(left)} left)"
+        )
