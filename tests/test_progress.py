@@ -15,7 +15,7 @@ from scripts.progress import EpochProgressLogger, ProgressLogger, format_duratio
 
 @pytest.mark.parametrize(
     "seconds, text",
-    [(0, "0 s"), (44.2, "45 s"), (60, "1 min"), (61, "2 min"), (3600, "1 h 00 min"), (7385, "2 h 04 min"),
+    [(0, "0 s"), (44.2, "45 s"), (59.5, "1 min"), (60, "1 min"), (61, "2 min"), (3600, "1 h 00 min"), (7385, "2 h 04 min"),
      (-3, "0 s"), (float("inf"), "unknown")],
 )
 def test_format_duration(seconds: float, text: str) -> None:

@@ -24,10 +24,10 @@ def format_duration(seconds: float) -> str:
     """``"45 s"``, ``"12 min"``, ``"2 h 05 min"``: a remaining time, rounded up to what a person needs."""
     if not math.isfinite(seconds):
         return "unknown"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{math.ceil(seconds)} s"
-    minutes = math.ceil(seconds / 60)
+    whole = math.ceil(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = math.ceil(whole / 60)
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
