@@ -473,12 +473,14 @@ class AnomalyMapWriter:
         written: dict[str, str] = {}
         if self.save_map:
             path = self._path(stem, f"_anomaly_map{self.map_suffix}")
-            nifti = nib.Nifti1Image(np.ascontiguousarray(amap.T), self._affine(source))
+            # voxel (i, j) = (column, row): the transposed view, which NIfTI's column-major voxel order stores as the
+            # map's own row-major bytes, so nibabel writes it without a copy (a C-contiguous copy would be transposed
+            # back: 0.11 s per clinical-size map)
+            nifti = nib.Nifti1Image(amap.T, self._affine(source))
             if self.map_suffix == ".nii.gz":
                 write_gzip_huffman(path, nifti.to_bytes())
             else:
                 nifti.to_filename(path)
-            del nifti  # its transposed copy of the map
             written["anomaly_map"] = path.name
         if not (self.save_overlay or self.save_dicom):
             return written
