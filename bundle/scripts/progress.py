@@ -50,8 +50,8 @@ class ProgressLogger:
         try:
             self.interval = float(interval)
         except (TypeError, ValueError):
-            raise ValueError(f"progress interval must be a number of seconds >= 0, got {interval!r}.") from None
-        if not self.interval >= 0:  # also refuses NaN
+            self.interval = math.nan
+        if not self.interval >= 0:  # refuses negatives, NaN and what is not a number
             raise ValueError(f"progress interval must be a number of seconds >= 0, got {interval!r}.")
         self.verb = verb
         self._start = self._last = 0.0
