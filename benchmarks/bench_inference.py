@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
-from scripts.synthetic import synthesize_radiograph  # noqa: E402
+from scripts.data.phantom import synthesize_radiograph  # noqa: E402
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 

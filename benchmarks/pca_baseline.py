@@ -4,10 +4,10 @@ Usage (from the repository root)::
 
     python benchmarks/pca_baseline.py [--dataset_dir DIR] [--json out.json] [--n_components 80] [--size 64]
 
-Without ``--dataset_dir`` the default synthetic set (``scripts.synthetic``, ``--seed``) is written to a
+Without ``--dataset_dir`` the default synthetic set (``scripts.data.synthetic``, ``--seed``) is written to a
 temporary folder first.  PCA is fitted on the training normals and scores the test split.  Finding kinds come
 from the synthetic set's ``findings.csv``; for other datasets every abnormal image counts as ``abnormal``.
-Images are loaded as the bundle loads them (``scripts.io.LoadRadiograph``: 8-bit PNG/JPEG scaled by 1/255,
+Images are loaded as the bundle loads them (``scripts.data.transforms.LoadRadiograph``: 8-bit PNG/JPEG scaled by 1/255,
 DICOM through its display pipeline).
 """
 
@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path[:0] = [str(BUNDLE), str(BUNDLE.parent)]  # scripts.* and benchmarks.*
 
-from scripts.datalist import find_datalist  # noqa: E402
-from scripts.io import LoadRadiograph  # noqa: E402
-from scripts.pca_floor import pca_auc_by_finding  # noqa: E402
-from scripts.synthetic import read_manifest, write_synthetic_dataset  # noqa: E402
+from scripts.data.datalist import find_datalist  # noqa: E402
+from scripts.data.transforms import LoadRadiograph  # noqa: E402
+from benchmarks.pca_floor import pca_auc_by_finding  # noqa: E402
+from scripts.data.synthetic import read_manifest, write_synthetic_dataset  # noqa: E402
 
 logger = logging.getLogger("pca_baseline")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bundle_utils import TINY, workflow
-from scripts.synthetic import write_synthetic_dataset
+from scripts.data.synthetic import write_synthetic_dataset
 
 N_TRAIN = 4
 BAD_IMAGE = "train/normal_256/normal_0001.png"
@@ -70,7 +70,7 @@ def _truncated(data: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "damage, reason",
-    [(_zero_bytes, "file is empty (0 bytes)"), (_garbage, "content is not DICOM, PNG, JPEG or NIfTI"),
+    [(_zero_bytes, "file is empty (0 bytes)"), (_garbage, "content is not DICOM, PNG, JPEG, NIfTI, NRRD or MetaImage"),
      (_truncated, "truncated")],
     ids=["zero_bytes", "garbage", "truncated"],
 )

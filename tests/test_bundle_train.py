@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 
 from bundle_utils import BUNDLE, CONFIGS, TINY, run, workflow
 from scripts.checkpoint import load_checkpoint, save_atomic
-from scripts.synthetic import write_synthetic_dataset
+from scripts.data.synthetic import write_synthetic_dataset
 
 N_TEST_NORMAL, N_TEST_ABNORMAL = 3, 5
 

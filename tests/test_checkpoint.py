@@ -120,7 +120,7 @@ def _detector(img_size: int) -> torch.nn.Module:
 def test_checkpoint_loader_names_the_trained_img_size(tmp_path):
     from ignite.engine import Engine
 
-    from scripts.workflow import CheckpointFileLoader
+    from scripts.checkpoint import CheckpointFileLoader
 
     path = tmp_path / "model.pt"
     trained = _detector(16)
@@ -141,7 +141,7 @@ def test_checkpoint_loader_names_the_trained_img_size(tmp_path):
 def test_checkpoint_loader_reports_an_unreadable_file(tmp_path):
     from ignite.engine import Engine
 
-    from scripts.workflow import CheckpointFileLoader
+    from scripts.checkpoint import CheckpointFileLoader
 
     path = tmp_path / "model.pt"
     save_atomic(_detector(16).state_dict(), path)

@@ -1,4 +1,4 @@
-"""Tests of dataset discovery and datalists (``scripts.datalist``)."""
+"""Tests of dataset discovery and datalists (``scripts.data.datalist``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import datalist
-from scripts.datalist import DatasetError, find_datalist, is_image_file, write_datalist
+from scripts.data import datalist
+from scripts.data.datalist import DatasetError, find_datalist, is_image_file, write_datalist
 
 ZHANG = {"training": "train", "validation": "val", "test": "test", "normal": "normal_256", "abnormal": "pneumonia_256"}
 CHEXPERT = {
@@ -63,7 +63,7 @@ EXPECTED = {
 
 def test_zhanglab_layout(tmp_path, caplog):
     root = _make_layout(tmp_path / "zhang", ZHANG)
-    with caplog.at_level(logging.WARNING, logger="scripts.datalist"):
+    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
         splits = find_datalist(root)
     assert list(splits) == ["training", "validation", "test"]
     assert _summary(splits) == EXPECTED  # sorted, training normal only
@@ -152,7 +152,7 @@ def test_image_file_detection(tmp_path):
 
 def test_missing_validation_falls_back_to_test(tmp_path, caplog):
     root = _make_layout(tmp_path / "zhang", ZHANG, skip=("validation",))
-    with caplog.at_level(logging.WARNING, logger="scripts.datalist"):
+    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
         splits = find_datalist(root)
     assert splits["validation"] == splits["test"] and len(splits["test"]) == 4
     assert "no validation split" in caplog.text
@@ -165,7 +165,7 @@ def test_missing_test_falls_back_to_validation(tmp_path):
 
 def test_single_class_split_is_allowed_with_a_warning(tmp_path, caplog):
     files = {k: v for k, v in FILES.items() if k != ("validation", "abnormal")}
-    with caplog.at_level(logging.WARNING, logger="scripts.datalist"):
+    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
         splits = find_datalist(_make_layout(tmp_path / "zhang", ZHANG, files))
     assert [i["label"] for i in splits["validation"]] == [0]
     assert "validation split" in caplog.text and "AUC is undefined" in caplog.text
@@ -184,7 +184,7 @@ def _raises(path: Path, match: str, target: Path | None = None) -> DatasetError:
 
 def test_error_missing_dir(tmp_path):
     error = _raises(tmp_path / "nowhere", "does not exist")
-    assert "scripts.synthetic" in str(error)  # tells what to do
+    assert "python -m scripts.synthetic" in str(error)  # tells what to do
     assert isinstance(error, ValueError)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from bundle_utils import TINY, run
 from scripts.checkpoint import load_checkpoint
-from scripts.synthetic import write_synthetic_dataset
+from scripts.data.synthetic import write_synthetic_dataset
 
 N_TRAIN, BATCH = 12, 4  # 3 iterations: generator steps (and queue writes) at iterations 1 and 3
 

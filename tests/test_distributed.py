@@ -25,7 +25,7 @@ from scripts import distributed
 from scripts.engines import autocast_context
 from scripts.handlers import compute_score_statistics
 from scripts.metrics import auc_or_nan, best_accuracy_operating_point
-from scripts.synthetic import write_synthetic_dataset
+from scripts.data.synthetic import write_synthetic_dataset
 
 WORLD_SIZE = 2
 N_TRAIN, N_VAL_NORMAL, N_VAL_ABNORMAL = 8, 3, 2  # 5 validation images: uneven shards (3 + 2)

@@ -146,3 +146,36 @@ def test_deploy_style_run_of_a_dicom_matches_the_eager_bundle(bundle, tmp_path) 
     eager_map = nib.load(out / row["anomaly_map"]).get_fdata().T
     np.testing.assert_allclose(result["anomaly_map"][0].numpy(), eager_map, atol=1e-5)
     assert row["decision"] == ("abnormal" if float(result["score"]) >= 0.45 else "normal")
+
+
+def test_export_without_trace_says_to_add_use_trace(bundle, tmp_path) -> None:
+    with pytest.raises(TypeError, match="--use_trace true"):
+        ckpt_export("network_def", filepath=str(tmp_path / "model.ts"),
+                    ckpt_file=str(bundle["root"] / "models" / "model.pt"), meta_file=str(CONFIGS / "metadata.json"),
+                    config_file=str(bundle["config_file"]),
+                    bundle_root=str(bundle["root"]))
+    assert not (tmp_path / "model.ts").exists()
+
+
+def test_export_of_weights_trained_at_another_size(bundle, tmp_path) -> None:
+    """``--ckpt_file`` of a model at another img_size: refused with the size to pass; with ``--ckpt_path`` too (as
+    README says) the network is built at the file's size."""
+    original = json.loads((CONFIGS / "inference.json").read_text())["img_size"]
+    config = {**bundle["config"], "img_size": original}  # inference.json's rule: the size of the file at ckpt_path
+    config_file = tmp_path / "inference.json"
+    config_file.write_text(json.dumps(config))
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser.update({"img_size": 2 * SIZE})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "large.pt")
+    common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(config_file), "use_trace": True,
+              "bundle_root": str(bundle["root"]), "ckpt_file": str(tmp_path / "large.pt")}
+    with pytest.raises(RuntimeError, match=f"trained at img_size {2 * SIZE} .* built at img_size {SIZE}; pass "
+                                         f"'--img_size {2 * SIZE}'"):
+        ckpt_export("network_def", filepath=str(tmp_path / "a.ts"), input_shape=[1, 1, SIZE, SIZE], **common)
+    ckpt_export("network_def", filepath=str(tmp_path / "b.ts"), input_shape=[1, 1, 2 * SIZE, 2 * SIZE],
+                ckpt_path=str(tmp_path / "large.pt"), **common)
+    module = torch.jit.load(str(tmp_path / "b.ts"))
+    assert module.statistics.pixel_mean.shape[-1] == 2 * SIZE
+    anomaly_map, _ = module(torch.rand(1, 1, 2 * SIZE, 2 * SIZE))
+    assert anomaly_map.shape == (1, 1, 2 * SIZE, 2 * SIZE)

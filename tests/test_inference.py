@@ -29,10 +29,12 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from bundle_utils import CONFIGS, TINY, workflow
-from scripts.inference import (AnomalyMapWriter, LoadRadiographOrErrord, list_inputs, output_stem,
-                               render_overlay, write_gzip_huffman)
-from scripts.io import LoadRadiograph
-from scripts.synthetic import synthesize_radiograph
+from scripts.data.phantom import synthesize_radiograph
+from scripts.data.transforms import LoadRadiograph
+from scripts.inference import LoadRadiographOrErrord, choose_input, list_inputs
+from scripts.outputs.nifti import write_gzip_huffman
+from scripts.outputs.overlay import render_overlay
+from scripts.outputs.writers import AnomalyMapWriter, output_stem
 
 # the reconstruction score: a random discriminator gives (almost) the same logit for every image, so its
 # standardised score would only amplify rounding noise; the reconstruction error differs between images
@@ -164,12 +166,16 @@ def folder(tmp_path_factory) -> dict:
         "constant": root / "bad" / "constant.png",
         "transfer_syntax": root / "bad" / "mpeg2.dcm",
         "empty": root / "bad" / "empty.png",
+        "device_link": root / "bad" / "zero.dcm",  # a link to a device: reported, never read
+        "broken_link": root / "bad" / "moved.png",
     }
     bad["truncated"].write_bytes(small[0].read_bytes()[:3000])
     bad["not_dicom"].write_text("Patient report, not an image\n" * 20)
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(bad["constant"])
     write_unsupported_syntax(bad["transfer_syntax"], small[0])
     bad["empty"].write_bytes(b"")
+    bad["device_link"].symlink_to("/dev/zero")
+    bad["broken_link"].symlink_to(root / "bad" / "no_such_file.png")
     good = sorted([root / "ward_a" / "chest.png", root / "ward_b" / "chest.png", root / "ward_b" / "pa.jpg",
                    root / "ward_b" / "$1+1@x#y.png", root / "lateral.nii.gz", root / "rg1.dcm", *small])
     return {"root": root, "good": good, "bad": bad, "affine": affine, "small_dicoms": small}
@@ -226,7 +232,7 @@ def test_config_properties_and_network_match_train(results) -> None:
     assert infer["preprocessing"]["transforms"][0]["_target_"] == "scripts.inference.LoadRadiographOrErrord"
     # streamed: a plain Dataset read by a DataLoader with workers, no cache of the whole folder
     assert infer["dataset"]["_target_"] == "Dataset" and infer["num_workers"] > 0
-    assert infer["dataset_dir"] == "@input_dir"
+    assert infer["inputs"] == "$scripts.inference.choose_input(@input_dir, @dataset_dir, @default_input_dir)"
     assert infer["postprocessing"]["transforms"][0]["names"] == list(METADATA["network_data_format"]["outputs"])
 
 
@@ -274,7 +280,7 @@ def test_csv_has_one_row_per_input_with_the_detectors_scores(results, folder, mo
 def test_bad_files_are_reported_and_the_rest_processed(results, folder) -> None:
     rows = results["rows"]
     reasons = {"truncated": "", "not_dicom": "", "constant": "constant", "transfer_syntax": "transfer syntax",
-               "empty": "empty"}
+               "empty": "empty", "device_link": "not a regular file", "broken_link": "not found"}
     for kind, path in folder["bad"].items():
         row = rows[str(path)]
         assert row["status"].startswith("error: ") and str(path) in row["status"], kind
@@ -307,7 +313,7 @@ def test_outputs_are_uniquely_named_inside_the_output_folder(results, folder) ->
     assert len(named) == len(set(named)) and all((out / n).is_file() for n in named)
     assert sorted(p.name for p in out.iterdir()) == sorted(named + ["anomaly_scores.csv"])
     # nothing was written beside the inputs
-    inputs = {p for p in folder["root"].rglob("*") if p.is_file() and out not in p.parents}
+    inputs = {p for p in folder["root"].rglob("*") if not p.is_dir() and out not in p.parents}
     assert inputs == set(folder["good"]) | set(folder["bad"].values()) | {folder["root"] / "notes.txt"}
 
 
@@ -546,6 +552,35 @@ def test_list_inputs_from_folder_datalist_and_errors(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         list_inputs(tmp_path / "empty")
+
+
+def test_input_dir_and_its_alias_dataset_dir_never_silently_override_each_other(tmp_path) -> None:
+    default, a, b = tmp_path / "default", tmp_path / "a", tmp_path / "b"
+    assert choose_input("", "", default) == str(default)
+    assert choose_input(a, "", default) == str(a)
+    assert choose_input("", b, default) == str(b)
+    assert choose_input(a, tmp_path / "b" / ".." / "a", default) == str(a)  # the same folder, spelt two ways
+    with pytest.raises(ValueError, match="--input_dir .* and --dataset_dir .* name different inputs"):
+        choose_input(a, b, default)
+    # through the config, as `monai.bundle run --input_dir A --dataset_dir B` sets them
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(b)})
+    assert parser.get_parsed_content("inputs") == str(b)
+    parser.update({"input_dir": str(a)})
+    with pytest.raises(RuntimeError) as info:  # MONAI reports a failed config expression with its cause
+        parser.get_parsed_content("inputs", lazy=False)
+    assert any("name different inputs" in str(e) for e in exception_chain(info.value))
+
+
+def test_files_a_folder_scan_leaves_out_are_named_in_the_log(tmp_path, caplog) -> None:
+    Image.fromarray(np.rint(synthetic(1) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    for name in ("notes.txt", ".DS_Store", "scan.tif"):
+        (tmp_path / name).write_text("x")
+    with caplog.at_level(logging.WARNING, logger="scripts.inference"):
+        assert list_inputs(tmp_path) == [{"image": str(tmp_path / "a.png")}]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "3 files" in message and all(n in message for n in ("notes.txt", ".DS_Store", "scan.tif"))
 
 
 def test_output_stem_is_safe_unique_and_stable() -> None:

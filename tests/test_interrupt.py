@@ -33,7 +33,7 @@ if str(BUNDLE) not in sys.path:  # when this file runs as the wrapper, outside p
     sys.path.insert(0, str(BUNDLE))
 
 from scripts.checkpoint import load_checkpoint  # noqa: E402
-from scripts.synthetic import write_synthetic_dataset  # noqa: E402
+from scripts.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 EPOCHS = 2
 ITERATIONS_PER_EPOCH = 2  # 8 training images, batch 4

@@ -1,13 +1,15 @@
-"""Tests of the radiograph loading transforms (``scripts.io``) and readers (``scripts.readers``)."""
+"""Tests of the radiograph loading transforms (``scripts.data.transforms``) and readers (``scripts.data``)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import tracemalloc
 import zlib
 from pathlib import Path
 
+import itk
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -23,7 +25,8 @@ from pydicom.pixels import apply_color_lut, apply_voi_lut
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from scripts.io import DICOM_META_KEYWORDS, LoadRadiograph, LoadRadiographd, RadiographLoadError, is_supported_file
+from scripts.data.formats import DICOM_META_KEYWORDS, RadiographLoadError, is_supported_file
+from scripts.data.transforms import LoadRadiograph, LoadRadiographd
 
 LUMA = np.array([0.299, 0.587, 0.114])
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -323,6 +326,33 @@ def test_mixed_formats_collate_after_resize(preprocess: Compose, tmp_path: Path)
     assert batch["image"].meta["dicom"]["PatientID"][0] == ""
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_nrrd_and_metaimage_read_through_itk_like_nifti(loader: LoadRadiograph, tmp_path: Path, suffix: str) -> None:
+    grey = asymmetric().astype(np.float32) * 7 - 300  # rows x cols, outside [0, 1]
+    grey[0, 0], grey[0, 1] = np.inf, np.nan
+    itk.imwrite(itk.image_from_array(grey), str(tmp_path / f"a{suffix}"))  # ITK's numpy order is rows first
+    image = loader(tmp_path / f"a{suffix}")
+    assert image.shape == (1, *grey.shape) and image.meta["source_format"] == "itk"
+    finite = np.isfinite(grey)
+    low, high = grey[finite].min(), grey[finite].max()
+    np.testing.assert_allclose(image[0].numpy()[finite], ((grey - low) / (high - low))[finite], atol=1e-6)
+    assert image[0, 0, 0] == 1 and image[0, 0, 1] == 0
+    assert is_supported_file(tmp_path / f"a{suffix}")
+
+
+def test_itk_formats_are_checked_from_the_header(loader: LoadRadiograph, tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    itk.imwrite(itk.image_from_array(volume), str(tmp_path / "volume.nrrd"))
+    assert "only 2-D images" in error_of(loader, tmp_path / "volume.nrrd").reason
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    itk.imwrite(itk.image_from_array(rgb, is_vector=True), str(tmp_path / "colour.mha"))
+    assert "components" in error_of(loader, tmp_path / "colour.mha").reason
+    itk.imwrite(itk.image_from_array(np.ones((8, 40), np.float32)), str(tmp_path / "thin.nrrd"))
+    assert "below the minimum" in error_of(loader, tmp_path / "thin.nrrd").reason
+    (tmp_path / "text.nrrd").write_text("not an image\n" * 10)
+    assert "content is not" in error_of(loader, tmp_path / "text.nrrd").reason
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
@@ -331,9 +361,13 @@ def test_zero_byte_file(loader: LoadRadiograph, tmp_path: Path) -> None:
     assert "empty" in error_of(loader, tmp_path / "empty.dcm").reason
 
 
-def test_missing_file_and_folder(loader: LoadRadiograph, tmp_path: Path) -> None:
+def test_missing_file_folder_device_and_pipe(loader: LoadRadiograph, tmp_path: Path) -> None:
     assert "not found" in error_of(loader, tmp_path / "nope.png").reason
-    assert "not a regular file" in error_of(loader, tmp_path).reason
+    assert "is a folder" in error_of(loader, tmp_path).reason
+    (tmp_path / "zero.dcm").symlink_to("/dev/zero")  # would read forever; refused from its type
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would block until a writer comes
+    for name in ("zero.dcm", "pipe.png"):
+        assert "not a regular file (a device, pipe or socket" in error_of(loader, tmp_path / name).reason
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.9])
@@ -387,12 +421,12 @@ def test_dicom_without_preamble_needs_dicom_extension(loader: LoadRadiograph, tm
     (tmp_path / "bare.dcm").write_bytes(bare)
     (tmp_path / "bare.png").write_bytes(bare)
     assert torch.equal(loader(tmp_path / "bare.dcm").as_tensor(), loader(pydicom_file("MR_small.dcm")).as_tensor())
-    assert "not DICOM, PNG, JPEG or NIfTI" in error_of(loader, tmp_path / "bare.png").reason
+    assert "not DICOM, PNG, JPEG, NIfTI, NRRD or MetaImage" in error_of(loader, tmp_path / "bare.png").reason
 
 
 def test_unrecognised_content_and_misnamed_nifti(loader: LoadRadiograph, tmp_path: Path) -> None:
     (tmp_path / "notes.png").write_text("not an image")
-    assert "not DICOM, PNG, JPEG or NIfTI" in error_of(loader, tmp_path / "notes.png").reason
+    assert "not DICOM, PNG, JPEG, NIfTI, NRRD or MetaImage" in error_of(loader, tmp_path / "notes.png").reason
     nib.save(nib.Nifti1Image(np.ones((20, 20), np.float32), np.eye(4)), tmp_path / "v.nii")
     (tmp_path / "v.png").write_bytes((tmp_path / "v.nii").read_bytes())
     assert "rename" in str(error_of(loader, tmp_path / "v.png")).lower()
@@ -488,6 +522,14 @@ def test_is_supported_file(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"plain text, no DICOM preamble" * 10)
         assert not is_supported_file(tmp_path / name), name
     assert not is_supported_file(tmp_path)
+    # offered to the loader (which reports them) rather than silently left out of a data set
+    (tmp_path / "zero.dcm").symlink_to("/dev/zero")
+    (tmp_path / "moved.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "dev_null").symlink_to("/dev/null")  # no image suffix, not a regular file: not offered
+    assert is_supported_file(tmp_path / "zero.dcm") and is_supported_file(tmp_path / "moved.png")
+    assert not is_supported_file(tmp_path / "dev_null")
+    (tmp_path / "scans.png").mkdir()
+    assert not is_supported_file(tmp_path / "scans.png")
 
 
 def _traced_peak(function: object, *args: object) -> tuple[object, int]:

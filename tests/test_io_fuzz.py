@@ -37,7 +37,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from scripts.io import LoadRadiograph, RadiographLoadError
+from scripts.data.formats import RadiographLoadError
+from scripts.data.transforms import LoadRadiograph
 
 MAX_PIXELS = 4_000_000  # above every seed (largest 1760 x 1760), so mutated size fields hit the limit
 PEAK_BYTES = 100 * MAX_PIXELS  # traced allocation bound per load: ~100 bytes per allowed pixel

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from benchmarks.quality_stats import finding_subsets, paired_auc_difference
 from scripts.metrics import (
     _stratified_weights,
     _weighted_aucs,
@@ -13,8 +14,6 @@ from scripts.metrics import (
     best_accuracy_operating_point,
     bootstrap_aucs,
     detection_metrics,
-    finding_subsets,
-    paired_auc_difference,
     roc_curve,
 )
 

@@ -25,8 +25,9 @@ from ignite.engine import Engine
 
 from bundle_utils import BUNDLE, TINY, workflow
 from scripts.checkpoint import load_checkpoint
-from scripts.synthetic import write_synthetic_dataset
-from scripts.workflow import CheckpointFileLoader, as_bool
+from scripts.data.synthetic import write_synthetic_dataset
+from scripts.checkpoint import CheckpointFileLoader
+from scripts.utils import as_bool
 
 RUN_TIMEOUT_S = 300
 SMALL_SYNTHETIC = "n_train=8, n_val_normal=2, n_val_abnormal=2, n_test_normal=2, n_test_abnormal=2, size=64"
@@ -159,7 +160,7 @@ def test_only_the_builtin_synthetic_folder_is_written_as_data(home: Home, traine
 
     The set is made small by overriding its generator's arguments; the decision to write it is the config's.
     """
-    datalist = f"$scripts.workflow.prepare_datalist(@dataset_dir, @synthetic_dataset_dir, seed=0, {SMALL_SYNTHETIC})"
+    datalist = f"$scripts.data.dataset.prepare_datalist(@dataset_dir, @synthetic_dataset_dir, seed=0, {SMALL_SYNTHETIC})"
     allowed = ("bundle/data/synthetic", "bundle/synthetic_models", "bundle/synthetic_runs")
     code, output, changed = home.run("training", ["configs/train.json"], "--datalist", datalist,
                                      "--ckpt_dir", "synthetic_models", "--output_dir", "synthetic_runs")

@@ -1,4 +1,4 @@
-"""Tests of the PCA reconstruction-error floor (``scripts.pca_floor``)."""
+"""Tests of the PCA reconstruction-error floor (``benchmarks.pca_floor``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scripts.pca_floor import fit_pca, pca_auc_by_finding, pca_reconstruction_error, pca_scores, to_feature_matrix
+from benchmarks.pca_floor import fit_pca, pca_auc_by_finding, pca_reconstruction_error, pca_scores, to_feature_matrix
 
 
 def _low_rank(rng: np.random.Generator, n: int, d: int, rank: int, basis: np.ndarray | None = None):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.png_writer import write_png_rgb
+from scripts.outputs.png import write_png_rgb
 
 
 def _read_pillow(path: Path) -> np.ndarray:

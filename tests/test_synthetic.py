@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest-radiograph generator and dataset writer (``scripts.synthetic``)."""
+"""Tests of the synthetic chest-radiograph generator and dataset writer (``scripts.data.phantom``, ``scripts.data.synthetic``)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import synthetic
-from scripts.synthetic import (
+from scripts.data import synthetic
+from scripts.data.phantom import (
     CARDIOMEGALY_CTR_RANGE,
     FINDINGS,
     NORMAL_CTR_RANGE,
     anatomy_masks,
-    ensure_synthetic_dataset,
-    read_manifest,
     render_radiograph,
     sample_finding,
     sample_patient,
     synthesize_radiograph,
-    write_synthetic_dataset,
 )
+from scripts.data.synthetic import ensure_synthetic_dataset, read_manifest, write_synthetic_dataset
 
 SIZE = 96
 SMALL = dict(n_train=3, n_val_normal=1, n_val_abnormal=2, n_test_normal=2, n_test_abnormal=5, size=32)

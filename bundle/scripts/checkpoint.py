@@ -12,14 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from monai.transforms import Randomizable, Transform
 
+from .detector import ImageSizeMismatchError
 from .distributed import is_main_process
-from .workflow import as_bool
+from .utils import as_bool
 
 __all__ = [
     "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size", "check_new_run", "find_randomizable",
-    "RNGState", "TrainingCheckpointer",
+    "RNGState", "TrainingCheckpointer", "CheckpointFileLoader", "ResumeLoader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: 
 
     The train configs call it first thing in ``initialize``, so a refused run stops before it reads any data or
     writes anything; :class:`TrainingCheckpointer` checks again. ``resume`` and ``overwrite`` may be the
-    ``"true"``/``"false"`` strings of the command line (:func:`scripts.workflow.as_bool`).
+    ``"true"``/``"false"`` strings of the command line (:func:`scripts.utils.as_bool`).
 
     Raises:
         FileExistsError: ``ckpt_dir`` holds ``checkpoint_latest.pt``, ``checkpoint_best.pt`` or ``model.pt`` and
@@ -259,7 +261,7 @@ class TrainingCheckpointer:
         detector: the module whose state dict is ``model.pt``.
         key_metric_name: the evaluator metric to maximise; ``None`` to use the evaluator's key metric.
         resume: this run continues the checkpoints in ``ckpt_dir`` (they may exist); ``"true"``/``"false"``
-            strings from the command line are read as booleans (:func:`scripts.workflow.as_bool`).
+            strings from the command line are read as booleans (:func:`scripts.utils.as_bool`).
         overwrite: allow a new run to replace the checkpoints of an earlier run in ``ckpt_dir``; read like
             ``resume``.
 
@@ -339,3 +341,61 @@ class TrainingCheckpointer:
         if self.detector is not None:
             save_atomic(self.detector.state_dict(), self.ckpt_dir / MODEL_NAME)
         logger.info("epoch %d: new best %s=%.4f, saved %s", self.best_epoch, name, value, self.ckpt_dir / BEST_NAME)
+
+
+class CheckpointFileLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that first checks the checkpoint file exists and says what to do if not.
+
+    Args:
+        load_path: the checkpoint file.
+        load_dict: name -> object to restore, as in ``CheckpointLoader``.
+        hint: what the user should do when the file is missing.
+        kwargs: passed on to ``CheckpointLoader`` (``map_location``, ``strict``, ...).
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        load_dict: Mapping[str, Any],
+        hint: str = "train first (python -m monai.bundle run training --config_file configs/train.json) or pass "
+        "the checkpoint path on the command line",
+        **kwargs: Any,
+    ) -> None:
+        if not Path(load_path).is_file():
+            raise FileNotFoundError(f"checkpoint {load_path} does not exist: {hint}.")
+        super().__init__(load_path=str(load_path), load_dict=dict(load_dict), **kwargs)
+
+    def __call__(self, engine: Engine) -> None:
+        """Restore ``load_dict`` from the file.
+
+        Raises:
+            ValueError: the file is not a readable checkpoint, or its tensors do not fit the networks this config
+                builds (the message names the ``img_size`` the checkpoint was trained at when that differs).
+        """
+        try:
+            super().__call__(engine)
+        except Exception as e:
+            mismatch = isinstance(e, ImageSizeMismatchError)  # the detector's own check, before torch's
+            if mismatch or (isinstance(e, RuntimeError) and "loading state_dict" in str(e)):
+                raise ValueError(self._mismatch_message(e)) from e
+            load_checkpoint(self.load_path)  # raises the clear error when the file itself is unreadable
+            raise
+
+    def _mismatch_message(self, error: RuntimeError) -> str:
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        saved = state_img_size(load_checkpoint(self.load_path))
+        built = state_img_size({k: v.state_dict() for k, v in self.load_dict.items() if hasattr(v, "state_dict")})
+        if saved is not None and built is not None and saved != built:
+            todo = f"it was trained at img_size {saved}, this config builds {built}: pass '--img_size {saved}'"
+        else:
+            todo = "pass the network settings it was trained with (img_size, num_patch, level, features_root, ...)"
+        return (f"checkpoint {self.load_path} does not fit the network this config builds; {todo}. "
+                f"First difference: {details[0] if details else error}")
+
+
+class ResumeLoader(CheckpointFileLoader):
+    """Loads ``checkpoint_latest.pt`` to continue a training run (``--resume true``)."""
+
+    def __init__(self, load_path: str | os.PathLike, load_dict: Mapping[str, Any], **kwargs: Any) -> None:
+        hint = "train without '--resume true' first, or pass '--resume_ckpt <path to checkpoint_latest.pt>'"
+        super().__init__(load_path=load_path, load_dict=load_dict, hint=hint, **kwargs)

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.networks.layers import gaussian_1d
 from torch import nn
 
-__all__ = ["SCORE_KINDS", "ScoreStatistics", "AnomalyDetector"]
+__all__ = ["SCORE_KINDS", "ScoreStatistics", "AnomalyDetector", "ImageSizeMismatchError"]
 
 SCORE_KINDS = ("discriminator", "reconstruction")
 
@@ -121,6 +121,10 @@ class ScoreStatistics(nn.Module):
                        "marked as not measured and must be measured again.")
 
 
+class ImageSizeMismatchError(RuntimeError):
+    """Weights trained at one ``img_size`` loaded into a detector built at another."""
+
+
 class AnomalyDetector(nn.Module):
     """Scores chest radiographs with a trained SimSID generator and discriminator.
 
@@ -187,6 +191,29 @@ class AnomalyDetector(nn.Module):
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
         self.register_buffer("smoothing_kernel", torch.outer(kernel, kernel).float()[None, None], persistent=False)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing first, with what to pass, weights trained at another image size
+        (their per-pixel statistics have another shape); ``ckpt_export --ckpt_file`` and the checkpoint loaders
+        load through it."""
+        saved = state_dict.get("statistics.pixel_mean")
+        built = self.statistics.pixel_mean
+        if isinstance(saved, torch.Tensor) and saved.shape != built.shape:
+            raise ImageSizeMismatchError(
+                f"statistics.pixel_mean is {tuple(saved.shape)}, not {tuple(built.shape)}: the weights were trained at "
+                f"img_size {saved.shape[-1]} and this network is built at img_size {built.shape[-1]}; pass "
+                f"'--img_size {saved.shape[-1]}', or pass the weights file as '--ckpt_path' (the configs read the size "
+                "from that file)."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script``: the detector is exported by tracing (its generator's training path uses
+        custom autograd functions that TorchScript cannot compile), so say how instead of failing on an annotation."""
+        raise TypeError(
+            "the anomaly detector is exported to TorchScript by tracing, not scripting: add '--use_trace true' "
+            "(and '--input_shape \"[1, 1, S, S]\"' with the model's img_size S) to the ckpt_export command."
+        )
 
     def smoothed_residual(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """Gaussian-smoothed signed residual ``x - recon`` (B x 1 x H x W, float32, zero padding as MONAI's

@@ -20,8 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from .engines import unwrap
-from .workflow import as_bool
+from .utils import as_bool, unwrap
 
 __all__ = [
     "get_rank",

@@ -15,20 +15,15 @@ from monai.utils import ForwardMode, convert_to_tensor
 from torch.optim import Optimizer
 
 from .detector import AnomalyDetector
-from .workflow import as_bool
+from .utils import as_bool, unwrap
 
-__all__ = ["autocast_context", "unwrap", "SimSIDTrainer", "AnomalyEvaluator", "loss_terms", "auc_inputs"]
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper, or the module itself."""
-    return getattr(module, "module", module)
+__all__ = ["autocast_context", "SimSIDTrainer", "AnomalyEvaluator", "loss_terms", "auc_inputs"]
 
 
 def autocast_context(device: torch.device | str, amp: bool, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``device`` when ``amp``; bf16 by default (CPU, and GPUs that support it), else fp16.
 
-    ``amp`` may be the ``"true"``/``"false"`` string of the command line (:func:`scripts.workflow.as_bool`).
+    ``amp`` may be the ``"true"``/``"false"`` string of the command line (:func:`scripts.utils.as_bool`).
     """
     if not as_bool(amp, "amp"):
         return contextlib.nullcontext()

@@ -18,10 +18,10 @@ from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 
 from .detector import SCORE_KINDS, AnomalyDetector
 from .distributed import gather_objects
-from .engines import autocast_context, unwrap
+from .engines import autocast_context
 from .metrics import auc_confidence_interval, best_accuracy_operating_point, detection_metrics
-from .workflow import as_bool
-from .plots import save_case_grid, save_roc_curve, save_score_histogram
+from .outputs.plots import save_case_grid, save_roc_curve, save_score_histogram
+from .utils import as_bool, unwrap
 
 __all__ = ["compute_score_statistics", "ScoreStatisticsHandler", "ScoreCollector", "ThresholdSelector", "EvaluationReport"]
 

@@ -41,6 +41,8 @@ import logging
 import os
 import sys
 
+from .utils import as_bool
+
 __all__ = ["malloc_library", "set_malloc_mmap_threshold", "set_malloc_heap_only"]
 
 logger = logging.getLogger(__name__)
@@ -90,8 +92,6 @@ def set_malloc_heap_only(enabled: bool | str) -> bool:
     Returns:
         whether the allocator was changed: ``False`` when disabled, off Linux, or with a C library other than glibc.
     """
-    from .workflow import as_bool
-
     if not as_bool(enabled, "malloc_heap_only"):
         return False
     libc = _glibc()

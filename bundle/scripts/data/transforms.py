@@ -2,7 +2,8 @@
 
 The bundle's preprocessing is ``LoadRadiographd -> Resized -> (training) RandAffined -> EnsureTyped``.
 :class:`LoadRadiographd` detects the format of each file by its content and loads it through
-:class:`monai.transforms.LoadImage` with the matching reader from :mod:`scripts.readers`, which applies
+:class:`monai.transforms.LoadImage` with the matching reader (:mod:`scripts.data.dicom`, :mod:`scripts.data.raster`,
+:mod:`scripts.data.itk_reader`), which applies
 the display pipeline (DICOM VOI/window, MONOCHROME1 inversion, colour to grey) and the safety checks.
 Rules and the table of accepted and refused inputs: ``bundle/docs/io.md``.
 """
@@ -17,37 +18,18 @@ from monai.config import KeysCollection, PathLike
 from monai.data import ImageReader, MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-from .readers import (
-    DICOM_META_KEYWORDS,
-    SUPPORTED_SUFFIXES,
-    DicomRadiographReader,
-    ImageLimits,
-    NibabelRadiographReader,
-    PILRadiographReader,
-    RadiographLoadError,
-    detect_format,
-    is_supported_file,
-)
+from .dicom import DicomRadiographReader
+from .formats import RadiographLoadError, detect_format
+from .itk_reader import ITKRadiographReader
+from .raster import NibabelRadiographReader, PILRadiographReader
 
-__all__ = [
-    "DICOM_META_KEYWORDS",
-    "SUPPORTED_SUFFIXES",
-    "DicomRadiographReader",
-    "ImageLimits",
-    "LoadRadiograph",
-    "LoadRadiographd",
-    "NibabelRadiographReader",
-    "PILRadiographReader",
-    "RadiographLoadError",
-    "detect_format",
-    "is_supported_file",
-]
+__all__ = ["LoadRadiograph", "LoadRadiographd"]
 
 
 class LoadRadiograph(Transform):
     """Load one radiograph file as displayed: ``1 x H x W`` ``float32`` MetaTensor in ``[0, 1]``.
 
-    The format (DICOM, PNG, JPEG, NIfTI) is detected from the content, and the file is read by
+    The format (DICOM, PNG, JPEG, NIfTI, NRRD, MetaImage) is detected from the content, and the file is read by
     :class:`monai.transforms.LoadImage` with the matching reader. The metadata has the same keys for
     every format: ``filename_or_obj``, ``spatial_shape`` (original ``(H, W)``), ``source_format`` and
     ``dicom`` (identifiers of the source instance as strings; empty strings for non-DICOM files).
@@ -70,9 +52,10 @@ class LoadRadiograph(Transform):
             "png": raster,
             "jpeg": raster,
             "nifti": NibabelRadiographReader(**limits),
+            "itk": ITKRadiographReader(**limits),
         }
         self.loader = LoadImage(
-            reader=[self.readers["nifti"], raster, self.readers["dicom"]],
+            reader=[self.readers["nifti"], self.readers["itk"], raster, self.readers["dicom"]],
             image_only=True,
             dtype=np.float32,
             ensure_channel_first=True,

@@ -91,7 +91,7 @@ def secondary_capture(
     Args:
         rgb: ``H x W x 3`` ``uint8`` overlay, rows first (as displayed).
         source: the source instance's attributes as strings, e.g. ``meta["dicom"]`` of
-            :class:`scripts.io.LoadRadiographd` (keys are DICOM keywords, multiple values joined by ``\\``).
+            :class:`scripts.data.transforms.LoadRadiographd` (keys are DICOM keywords, multiple values joined by ``\\``).
             Must hold ``StudyInstanceUID``, ``SOPClassUID`` and ``SOPInstanceUID``.
         series_instance_uid: the new series' UID; a fresh one when ``None`` (pass the same UID for all
             overlays of one source series to group them).

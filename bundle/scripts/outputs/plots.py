@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import auc_or_nan, roc_curve  # noqa: E402
+from ..metrics import auc_or_nan, roc_curve  # noqa: E402
 
 __all__ = ["save_roc_curve", "save_score_histogram", "save_case_grid"]
 
