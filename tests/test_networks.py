@@ -27,7 +27,9 @@ def images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 1e-12, name: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 1e-12, name: str = ""
+) -> None:
     """``max|actual - expected| <= rtol * max|expected| + atol``: a tolerance that scales with the tensor's magnitude.
 
     Elementwise tolerances judge the CPU's summation order (AVX2 and AVX-512 hosts sum in different orders) on the
