@@ -3,11 +3,12 @@
 Shapes follow PyTorch's channel-first convention: ``N x C x H x W``. ``num_patch`` is the number of
 patches per image side, so an image holds ``P = num_patch ** 2`` patches, ordered row-major.
 
-Which computation a block runs is decided at every forward from the block's mode and the input's device:
+Which computation a block runs is decided at every forward from the block's mode, the input's device and the block's
+layer types:
 
 * training (autograd recording) on the CPU, with plain ``nn.Conv2d``/``nn.BatchNorm2d`` layers: fused
   memory-lean autograd functions (BatchNorm, ReLU, the SE scaling and the upsampled decoder input recomputed in
-  backward instead of kept), measured to pay on the CPU;
+  backward instead of kept, which about halves the activations kept for backward at the price of recomputing them);
 * training on any other device (CUDA, ...), or with any other layer type (e.g. ``nn.SyncBatchNorm`` after
   ``nn.SyncBatchNorm.convert_sync_batchnorm``): the plain MONAI/PyTorch modules, each through its own ``forward``;
 * eval mode, on every device: each BatchNorm folded into its convolution (running statistics, plain ops).
@@ -89,7 +90,7 @@ def conv_norm_act(
     )
 
 
-# device types on which training runs the fused memory-lean autograd functions (where they were measured to pay)
+# device types on which training runs the fused memory-lean autograd functions (measured on the CPU only)
 _FUSED_DEVICE_TYPES = frozenset({"cpu"})
 
 
