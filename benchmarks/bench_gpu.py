@@ -1,4 +1,5 @@
-"""Training throughput and peak memory of the bundle's trainer on one GPU: 128 and 256 pixels, fp32 and AMP.
+"""Training throughput and peak memory of the bundle's trainer on one GPU: 128 and 256 pixels, fp32 and AMP,
+the generator's plain and fused training paths.
 
 Each measurement runs the real :class:`scripts.engines.SimSIDTrainer` (discriminator step every iteration,
 generator step with the memory-queue write every ``n_critic``), built from ``bundle/configs/train.json`` with
@@ -6,10 +7,16 @@ its reference settings, on random batches, in a fresh subprocess (so the peak me
 training images per second over the timed iterations (after ``--warmup``), the peak GPU memory allocated and
 reserved by PyTorch (the peak resident set size on the CPU).
 
+The generator's blocks train through the plain PyTorch modules or through fused memory-lean autograd
+functions; the bundle picks the fused ones on the CPU only (``bundle/docs/compute_paths.md``). ``--paths``
+forces either on the measured device, so one run gives both (``plain`` is the bundle's choice on a GPU,
+``fused`` on the CPU).
+
 Usage (repository root)::
 
-    python benchmarks/bench_gpu.py                      # on a GPU machine: the full table
-    python benchmarks/bench_gpu.py --device cpu --tiny --iterations 2 --warmup 2   # quick check on a CPU
+    python benchmarks/bench_gpu.py                      # on a GPU machine: the full table, both paths
+    python benchmarks/bench_gpu.py --sizes 128 --channels-last off   # shorter: 128 pixels, both precisions and paths
+    python benchmarks/bench_gpu.py --device cpu --tiny --sizes 64 --batch 2 --iterations 2 --warmup 2  # CPU check
 
 ``--tiny`` shrinks the model widths and memories (not the image sizes) so the script can be checked anywhere.
 """
@@ -33,6 +40,7 @@ sys.path.insert(0, str(BUNDLE))
 from ignite.engine import Events  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
+import scripts.blocks  # noqa: E402
 from scripts.distributed import configure_backends  # noqa: E402
 from scripts.engines import SimSIDTrainer  # noqa: E402
 
@@ -80,13 +88,28 @@ def _build(args: argparse.Namespace, img_size: int, amp: bool, channels_last: bo
     return trainer, parser.get_parsed_content("generator")
 
 
-def _measure(args: argparse.Namespace, img_size: int, precision: str, channels_last: bool) -> dict:
-    """One measurement: ``warmup`` untimed then ``iterations`` timed training iterations."""
+def _force_training_path(path: str, device: torch.device) -> None:
+    """Make the generator's blocks train through the ``"plain"`` modules or the ``"fused"`` functions on ``device``.
+
+    Sets the device types on which :func:`scripts.blocks._lean_training` chooses the fused functions, so its
+    other conditions (training mode, autograd, plain ``Conv2d``/``BatchNorm2d`` layers) still apply.
+    """
+    scripts.blocks._FUSED_DEVICE_TYPES = frozenset({device.type} if path == "fused" else ())
+
+
+def _device_name(device: torch.device) -> str:
+    """The GPU's name, or ``"CPU"``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def _measure(args: argparse.Namespace, img_size: int, precision: str, channels_last: bool, path: str) -> dict:
+    """One measurement: ``warmup`` untimed then ``iterations`` timed training iterations on training ``path``."""
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    _force_training_path(path, device)
     configure_backends(cudnn_benchmark=args.cudnn_benchmark == "on")
     trainer, generator = _build(args, img_size, precision == "amp", channels_last)
     clock: dict[str, float] = {}
@@ -115,6 +138,8 @@ def _measure(args: argparse.Namespace, img_size: int, precision: str, channels_l
     seconds = clock["stop"] - clock["start"]
     amp_dtype = "bf16" if not cuda or torch.cuda.is_bf16_supported() else "fp16+scaler"
     result = {
+        "device": _device_name(device),
+        "training_path": path,
         "img_size": img_size,
         "precision": precision if precision == "fp32" else f"amp ({amp_dtype})",
         "channels_last": channels_last,
@@ -135,8 +160,8 @@ def _row(r: dict) -> str:
     """One markdown table row; memory: GPU peak allocated and reserved, or the CPU peak RSS and ``-``."""
     memory = (f"{r['peak_allocated_gb']:6.2f} | {r['peak_reserved_gb']:6.2f}" if "peak_allocated_gb" in r
               else f"{r['peak_rss_gb']:6.2f} | -")
-    return (f"| {r['img_size']} | {r['precision']} | {'yes' if r['channels_last'] else 'no'} | {r['batch']} | "
-            f"{r['images_per_s']:.1f} | {r['ms_per_iteration']:.1f} | {memory} |")
+    return (f"| {r['training_path']} | {r['img_size']} | {r['precision']} | {'yes' if r['channels_last'] else 'no'} | "
+            f"{r['batch']} | {r['images_per_s']:.1f} | {r['ms_per_iteration']:.1f} | {memory} |")
 
 
 def main() -> None:
@@ -146,41 +171,47 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
     parser.add_argument("--channels-last", default="both", choices=["off", "on", "both"])
     parser.add_argument("--cudnn-benchmark", default="on", choices=["off", "on"])
+    parser.add_argument("--paths", nargs="+", default=["plain", "fused"], choices=["plain", "fused"],
+                        help="generator training paths to time (default: both)")
     parser.add_argument("--batch", type=int, default=16, help="images per iteration (reference: 16)")
     parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first (a multiple of n_critic)")
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations (a multiple of n_critic)")
     parser.add_argument("--tiny", action="store_true", help="small widths and memories, for a quick check")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs; default: PyTorch's)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--child", nargs=3, metavar=("SIZE", "PRECISION", "CHANNELS_LAST"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("SIZE", "PRECISION", "CHANNELS_LAST", "PATH"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup % 2 or args.iterations % 2 or args.iterations < 2:
         parser.error("--warmup and --iterations must be even (a generator step every n_critic=2 iterations)")
 
     if args.child:
-        size, precision, channels_last = args.child
-        print(json.dumps(_measure(args, int(size), precision, channels_last == "1")))
+        size, precision, channels_last, path = args.child
+        print(json.dumps(_measure(args, int(size), precision, channels_last == "1", path)))
         return
 
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
-    device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
-    print(f"torch {torch.__version__}, {device_name}, cudnn.benchmark {args.cudnn_benchmark}, "
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {_device_name(device)}, cudnn.benchmark {args.cudnn_benchmark}, "
           f"{'TINY model' if args.tiny else 'reference model'}, {args.iterations} timed iterations")
-    memory = "peak allocated GB | peak reserved GB" if args.device.startswith("cuda") else "peak RSS GB | -"
-    print(f"| size | precision | channels-last | batch | images/s | ms/iteration | {memory} |")
-    print("|---|---|---|---|---|---|---|---|")
+    memory = "peak allocated GB | peak reserved GB" if device.type == "cuda" else "peak RSS GB | -"
+    print(f"| training path | size | precision | channels-last | batch | images/s | ms/iteration | {memory} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in args.sizes:
         for precision in args.precisions:
             for channels_last in layouts:
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--child", str(size), precision, str(int(channels_last))]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-                    print(f"| {size} | {precision} | {'yes' if channels_last else 'no'} | failed: {reason} |", flush=True)
-                    continue
-                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(_row(results[-1]), flush=True)
+                for path in args.paths:
+                    cmd = [sys.executable, __file__, *sys.argv[1:],
+                           "--child", str(size), precision, str(int(channels_last)), path]
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                    if done.returncode != 0:
+                        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+                        layout = "yes" if channels_last else "no"
+                        print(f"| {path} | {size} | {precision} | {layout} | failed: {reason} |", flush=True)
+                        continue
+                    results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(_row(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -27,6 +27,20 @@ def images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 1e-12, name: str = ""
+) -> None:
+    """``max|actual - expected| <= rtol * max|expected| + atol``: a tolerance that scales with the tensor's magnitude.
+
+    Elementwise tolerances judge the CPU's summation order (AVX2 and AVX-512 hosts sum in different orders) on the
+    entries far below the tensor's scale; this judges the tensor as a whole, and still fails on a wrong or missing term.
+    """
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual, expected = actual.detach().double(), expected.detach().double()
+    error, scale = float((actual - expected).abs().max()), float(expected.abs().max())
+    assert error <= rtol * scale + atol, f"{name}: max abs difference {error:.3g} at scale {scale:.3g} (rtol {rtol:g})"
+
+
 def reference_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Plain top-k shrinkage of one row block: softmax, keep the k largest by sorting, renormalise."""
     soft = torch.softmax(logits, dim=-1)
@@ -146,13 +160,13 @@ def test_topk_shrink_rows(k):
     logits = torch.randn(7, 12, requires_grad=True)
     weights = topk_shrink(logits, k)
     assert torch.equal((weights != 0).sum(-1), torch.full((7,), k))
-    assert torch.allclose(weights.sum(-1), torch.ones(7), atol=1e-6)
-    assert torch.allclose(weights, reference_topk(logits.detach(), k), atol=1e-6)
+    assert_close(weights.sum(-1), torch.ones(7), rtol=1e-6)
+    assert_close(weights, reference_topk(logits.detach(), k), rtol=1e-6)
     # straight-through: the gradient is the softmax's
     upstream = torch.randn(7, 12)
     (grad,) = torch.autograd.grad((weights * upstream).sum(), logits)
     (expected,) = torch.autograd.grad((torch.softmax(logits, -1) * upstream).sum(), logits)
-    assert torch.allclose(grad, expected, atol=1e-6)
+    assert_close(grad, expected, rtol=1e-6)
 
 
 def test_hard_shrink_is_l1_normalised_threshold():
@@ -169,7 +183,7 @@ def test_queue_batched_read_matches_per_position_reference():
     for p in range(4):
         memory = queue.memory[p]
         weights = reference_topk(queries[:, p] @ memory.T, 3)
-        assert torch.allclose(out[:, p], weights @ memory, atol=1e-6)
+        assert_close(out[:, p], weights @ memory, rtol=1e-6)
 
 
 def test_queue_read_gradient_reaches_queries_not_queue():
@@ -189,7 +203,7 @@ def test_queue_read_is_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = queue(queries.bfloat16())
     assert out.dtype == torch.float32
-    assert torch.allclose(out, queue(queries.bfloat16().float()), atol=1e-6)
+    assert_close(out, queue(queries.bfloat16().float()), rtol=1e-6)
 
 
 def test_queue_fifo_write_wraps_around():
@@ -232,7 +246,7 @@ def test_decoder_memory_matches_per_window_reference():
             memory = block.memory[gi * 2 + gj].detach()
             weights = reference_topk(window.reshape(2, -1) @ memory.T, 2)
             expected = (weights @ memory).reshape(window.shape)
-            assert torch.allclose(out[:, :, gi * 2 : (gi + 1) * 2, gj * 3 : (gj + 1) * 3], expected, atol=1e-6)
+            assert_close(out[:, :, gi * 2 : (gi + 1) * 2, gj * 3 : (gj + 1) * 3], expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- gradients, state, modes
@@ -263,7 +277,7 @@ def test_distillation_computed_in_the_teacher_pass_equals_the_loss_of_the_featur
     pairs = list(zip(out["student_features"], out["teacher_features"]))
     assert len(pairs) == 4
     from_lists = sum(F.mse_loss(s, t) for s, t in pairs)
-    assert torch.allclose(out["distill"], from_lists, rtol=1e-6)
+    assert_close(out["distill"], from_lists, rtol=1e-6)
     params = [p for p in gen.parameters() if p.requires_grad]
     grads = torch.autograd.grad(out["distill"], params, retain_graph=True, allow_unused=True)
     expected = torch.autograd.grad(from_lists, params, allow_unused=True)
@@ -271,7 +285,7 @@ def test_distillation_computed_in_the_teacher_pass_equals_the_loss_of_the_featur
     for g, e in zip(grads, expected):
         assert (g is None) == (e is None)
         if g is not None:
-            assert torch.allclose(g, e, rtol=1e-5, atol=1e-9)
+            assert_close(g, e, rtol=1e-5)
     # the loss uses it as is; without a teacher there is none
     assert "distill" not in small_generator(dist=False).train()(x)
 
@@ -357,7 +371,7 @@ def test_trace_matches_eager_in_eval():
         traced = torch.jit.trace(gen, images(2, 64, seed=1), strict=False)
         for batch, seed in ((2, 2), (3, 3)):
             x = images(batch, 64, seed=seed)
-            assert torch.allclose(traced(x)["recon"], gen(x)["recon"], atol=1e-6)
+            assert_close(traced(x)["recon"], gen(x)["recon"], rtol=1e-6)
 
 
 def _distributed_write(rank: int, world_size: int, init_file: str, result_dir: str) -> None:
@@ -410,21 +424,22 @@ def test_lean_training_path_matches_plain_modules(block, needs_grad, monkeypatch
     plain = copy.deepcopy(lean)
     results = []
     for module, use_lean in ((lean, True), (plain, False)):
-        monkeypatch.setattr(scripts.blocks, "_lean_training", lambda m, use_lean=use_lean: use_lean)
+        monkeypatch.setattr(scripts.blocks, "_lean_training", lambda block, x, use_lean=use_lean: use_lean)
         leaves = [t.clone().requires_grad_(flag) for t, flag in zip(inputs, needs_grad)]
         out = module.train()(*leaves)
         out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
         results.append((out.detach(), [t.grad for t in leaves], [p.grad for p in module.parameters()]))
     (out_a, in_a, par_a), (out_b, in_b, par_b) = results
-    assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert_close(out_a, out_b, rtol=1e-5, name="output")
     assert [g is not None for g in in_a] == list(needs_grad)
     assert all(g is not None for g in par_a)
-    for a, b in zip(in_a + par_a, in_b + par_b):
-        assert (a is None) == (b is None)
+    names = [f"input {i} gradient" for i in range(len(in_a))] + [n for n, _ in lean.named_parameters()]
+    for name, a, b in zip(names, in_a + par_a, in_b + par_b):
+        assert (a is None) == (b is None), name
         if a is not None:
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+            assert_close(a, b, rtol=1e-5, name=name)
     for (name, a), b in zip(lean.named_buffers(), plain.buffers()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), name  # running statistics, batch counters
+        assert_close(a, b, rtol=1e-5, name=name)  # running statistics, batch counters
 
 
 def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
@@ -446,7 +461,7 @@ def test_lean_training_keeps_fewer_activations(monkeypatch):
     gen = small_generator(img_size=64, num_patch=2).train()
     x = images(2, 64)
     lean = saved_bytes(gen, x)
-    monkeypatch.setattr(scripts.blocks, "_lean_training", lambda m: False)
+    monkeypatch.setattr(scripts.blocks, "_lean_training", lambda block, x: False)
     plain = saved_bytes(gen, x)
     assert lean < 0.65 * plain
 
@@ -458,6 +473,102 @@ def test_stem_recomputes_its_first_convolution_instead_of_keeping_it():
         torch.manual_seed(0)
         kept[recompute] = saved_bytes(SEResBlock(1, 12, se_reduction=4, recompute_first_conv=recompute).train(), x)
     assert kept[False] - kept[True] == 4 * 12 * 16 * 16 * 4  # one 12-channel fp32 activation
+
+
+FUSED_NODES = {
+    "_BatchNormReLUConvBackward",
+    "_ConvBatchNormReLUConvBackward",
+    "_BatchNormSEAddReLUBackward",
+    "_UpsampleConcatConvBackward",
+}
+
+
+def graph_nodes(out: torch.Tensor) -> set[str]:
+    """Names of every autograd node behind ``out``."""
+    names, seen, stack = set(), set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def block_and_inputs(block: str, device: str) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A small training-mode block of each kind (stem, strided SE block, concat up block) and its inputs."""
+    torch.manual_seed(0)
+    if block == "stem":
+        module, inputs = SEResBlock(1, 12, se_reduction=4, recompute_first_conv=True), [torch.rand(3, 1, 10, 10)]
+    elif block == "se":
+        module, inputs = SEResBlock(6, 12, stride=2, se_reduction=4), [torch.randn(3, 6, 10, 10)]
+    else:
+        module, inputs = UpBlock(12, 6, 6, se_reduction=4), [torch.randn(3, 12, 5, 5), torch.randn(3, 6, 10, 10)]
+    return module.to(device).train(), [t.to(device).requires_grad_(True) for t in inputs]
+
+
+@pytest.mark.parametrize("block", ["stem", "se", "up"])
+def test_training_path_follows_the_input_device(block):
+    """Training takes the fused autograd functions on the CPU only; on any other device the plain modules run."""
+    module, inputs = block_and_inputs(block, "cpu")
+    on_cpu = graph_nodes(module(*inputs))
+    assert on_cpu & FUSED_NODES and "NativeBatchNormBackward0" not in on_cpu
+    module, inputs = block_and_inputs(block, "meta")  # a device other than the CPU, without one at hand
+    elsewhere = graph_nodes(module(*inputs))
+    assert not elsewhere & FUSED_NODES
+    assert {"ConvolutionBackward0", "NativeBatchNormBackward0"} <= elsewhere
+
+
+def test_fused_training_only_with_plain_layers_in_training_with_autograd():
+    block, (x,) = block_and_inputs("se", "cpu")
+    assert scripts.blocks._lean_training(block, x)
+    assert not scripts.blocks._lean_training(block, x.to("meta"))
+    with torch.no_grad():
+        assert not scripts.blocks._lean_training(block, x)
+    assert not scripts.blocks._lean_training(block.eval(), x)
+    block.train()
+    block.conv_body[1].adn.N = torch.nn.SyncBatchNorm(12)  # one converted layer is enough to step aside
+    assert not scripts.blocks._lean_training(block, x)
+
+
+def test_sync_batchnorm_generator_runs_every_converted_layer(monkeypatch):
+    """After ``convert_sync_batchnorm`` each BatchNorm runs through ``SyncBatchNorm.forward`` (which synchronises
+    the batch statistics over the ranks; without a process group it normalises locally), giving the plain modules'
+    outputs, gradients and running statistics."""
+    gen = small_generator(img_size=64, num_patch=2)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(gen))
+    converted = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(converted) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules()) > 30
+    called = set()
+    sync_forward = torch.nn.SyncBatchNorm.forward
+
+    def recording_forward(self, x):
+        called.add(id(self))
+        return sync_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.SyncBatchNorm, "forward", recording_forward)
+    x = images(2, 64)
+    results = []
+    for module in (synced, gen):
+        if module is gen:  # the reference: the plain modules, forced on the CPU
+            monkeypatch.setattr(scripts.blocks, "_lean_training", lambda block, x: False)
+        torch.manual_seed(5)
+        out = module.train()(x)
+        loss = F.mse_loss(out["recon"], x) + F.mse_loss(out["teacher_recon"], x) + out["distill"]
+        loss.backward()
+        results.append((out["recon"], out["teacher_recon"], [p.grad for p in module.parameters()],
+                        [b for b in module.buffers()]))
+    assert called == {id(m) for m in converted}
+    (recon_s, teacher_s, grads_s, bufs_s), (recon_p, teacher_p, grads_p, bufs_p) = results
+    assert_close(recon_s, recon_p, rtol=1e-5, name="recon")
+    assert_close(teacher_s, teacher_p, rtol=1e-5, name="teacher_recon")
+    names = [n for n, _ in gen.named_parameters()]
+    assert all(g is not None for g in grads_s)
+    for name, a, b in zip(names, grads_s, grads_p):
+        assert_close(a, b, rtol=1e-5, name=name)
+    for (name, _), a, b in zip(gen.named_buffers(), bufs_s, bufs_p):
+        assert_close(a, b, rtol=1e-5, name=name)
 
 
 @pytest.mark.parametrize("num_patch", [2, 3])
@@ -472,11 +583,11 @@ def test_neighbour_attention_matches_multihead_attention(num_patch):
     padded = torch.cat([mem, torch.zeros(b, 1, dim)], dim=1)
     context = padded[:, neighbour_index(num_patch)].reshape(b * p, 8, dim)
     slow = block.attention(queries.reshape(b * p, 1, dim), context, context, need_weights=False)[0].reshape(b, p, dim)
-    assert torch.allclose(fast, slow, atol=1e-5)
+    assert_close(fast, slow, rtol=1e-5)
     grads_fast = torch.autograd.grad(fast.square().sum(), [queries, mem, *block.attention.parameters()])
     grads_slow = torch.autograd.grad(slow.square().sum(), [queries, mem, *block.attention.parameters()])
     for a, c in zip(grads_fast, grads_slow):
-        assert torch.allclose(a, c, atol=1e-5)
+        assert_close(a, c, rtol=1e-5)
 
 
 def test_folded_inference_matches_plain_modules(monkeypatch):
@@ -491,7 +602,7 @@ def test_folded_inference_matches_plain_modules(monkeypatch):
         folded = gen(x)["recon"]
         monkeypatch.setattr(scripts.blocks, "_folded_inference", lambda m: False)
         plain = gen(x)["recon"]
-    assert torch.allclose(folded, plain, atol=1e-5)
+    assert_close(folded, plain, rtol=1e-5)
     assert not torch.equal(folded, torch.full_like(folded, float(folded.mean())))
 
 
@@ -527,7 +638,7 @@ def test_channels_last_layout_gives_the_same_results():
         loss.backward()
         results.append((evaluated, out["recon"].detach(), [p.grad for p in gen.parameters()]))
     (eval_a, train_a, grads_a), (eval_b, train_b, grads_b) = results
-    assert torch.allclose(eval_a, eval_b, rtol=0, atol=1e-10)
-    assert torch.allclose(train_a, train_b, rtol=0, atol=1e-10)
+    assert_close(eval_a, eval_b, rtol=1e-10)
+    assert_close(train_a, train_b, rtol=1e-10)
     for a, b in zip(grads_a, grads_b):
-        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+        assert_close(a, b, rtol=1e-10)

@@ -2,6 +2,16 @@
 
 Shapes follow PyTorch's channel-first convention: ``N x C x H x W``. ``num_patch`` is the number of
 patches per image side, so an image holds ``P = num_patch ** 2`` patches, ordered row-major.
+
+Which computation a block runs is decided at every forward from the block's mode, the input's device and the block's
+layer types:
+
+* training (autograd recording) on the CPU, with plain ``nn.Conv2d``/``nn.BatchNorm2d`` layers: fused
+  memory-lean autograd functions (BatchNorm, ReLU, the SE scaling and the upsampled decoder input recomputed in
+  backward instead of kept, which about halves the activations kept for backward at the price of recomputing them);
+* training on any other device (CUDA, ...), or with any other layer type (e.g. ``nn.SyncBatchNorm`` after
+  ``nn.SyncBatchNorm.convert_sync_batchnorm``): the plain MONAI/PyTorch modules, each through its own ``forward``;
+* eval mode, on every device: each BatchNorm folded into its convolution (running statistics, plain ops).
 """
 
 from __future__ import annotations
@@ -80,9 +90,28 @@ def conv_norm_act(
     )
 
 
-def _lean_training(module: nn.Module) -> bool:
-    """Whether ``module`` runs the memory-lean training path (training mode with autograd recording)."""
-    return module.training and torch.is_grad_enabled()
+# device types on which training runs the fused memory-lean autograd functions (measured on the CPU only)
+_FUSED_DEVICE_TYPES = frozenset({"cpu"})
+
+
+def _lean_training(block: SEResBlock, x: Tensor) -> bool:
+    """Whether ``block`` trains on input ``x`` through the fused memory-lean autograd functions.
+
+    True only in training mode with autograd recording, for an input on a device type in ``_FUSED_DEVICE_TYPES``
+    (the CPU), and when every convolution and BatchNorm of the block is exactly ``nn.Conv2d``/``nn.BatchNorm2d``:
+    the fused functions use the layers' tensors without calling the layers, so any subclass (``nn.SyncBatchNorm``
+    above all, whose ``forward`` synchronises the batch statistics over the ranks) must run its own ``forward``.
+    Everywhere else the plain modules run.
+    """
+    return (
+        block.training
+        and torch.is_grad_enabled()
+        and x.device.type in _FUSED_DEVICE_TYPES
+        and all(
+            type(layer.conv) is nn.Conv2d and type(layer.adn.N) is nn.BatchNorm2d
+            for layer in (block.conv_in, *block.conv_body)
+        )
+    )
 
 
 def _folded_inference(module: nn.Module) -> bool:
@@ -375,18 +404,19 @@ class SEResBlock(nn.Module):
     :class:`~monai.networks.blocks.ChannelSELayer` with ``out_channels // se_reduction`` hidden units
     (at least 1).
 
-    In training (with autograd recording) the same computation runs through memory-lean autograd
-    functions: only the block input, the three convolution outputs and the block output are kept for
-    backward, and the BatchNorm/ReLU/SE results are recomputed elementwise in backward. In eval mode
-    each BatchNorm is folded into its convolution. Otherwise (training without autograd) the plain
-    MONAI modules run.
+    Training on the CPU (with autograd recording, plain ``nn.Conv2d``/``nn.BatchNorm2d`` layers) runs the
+    same computation through fused memory-lean autograd functions: only the block input, the three
+    convolution outputs and the block output are kept for backward, and the BatchNorm/ReLU/SE results are
+    recomputed elementwise in backward. Training on any other device (CUDA, ...), with any other
+    BatchNorm or convolution type (e.g. ``nn.SyncBatchNorm``) or without autograd runs the plain MONAI
+    modules. In eval mode, on every device, each BatchNorm is folded into its convolution.
 
     Args:
         in_channels: input channels.
         out_channels: output channels.
         stride: stride of the first convolution (2 halves the spatial size).
         se_reduction: reduction ratio of the SE layer.
-        recompute_first_conv: in the memory-lean training path, recompute the first convolution's output in
+        recompute_first_conv: in the fused (CPU) training path, recompute the first convolution's output in
             backward instead of keeping it (worth it where ``in_channels`` is small, as in the stem).
 
     Shapes: ``N x in_channels x H x W`` -> ``N x out_channels x ceil(H / stride) x ceil(W / stride)``.
@@ -409,33 +439,32 @@ class SEResBlock(nn.Module):
         self.se = ChannelSELayer(spatial_dims=2, in_channels=out_channels, r=min(se_reduction, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        if _lean_training(self) and self.recompute_first_conv:
+        if _lean_training(self, x):
+            if not self.recompute_first_conv:
+                return self.forward_from_conv(self.conv_in.conv(x))
             conv_in, bn1, conv2 = self.conv_in.conv, self.conv_in.adn.N, self.conv_body[0].conv
             c2, shortcut = _ConvBatchNormReLUConv.apply(
                 x, conv_in.weight, bn1.weight, bn1.bias, conv2.weight, conv_in, bn1, conv2
             )
             return self._tail(c2, shortcut)
-        if _lean_training(self):
-            return self.forward_from_conv(self.conv_in.conv(x))
         if _folded_inference(self):
             shortcut = _conv_bn_folded(self.conv_in, x).relu_()
             out = _conv_bn_folded(self.conv_body[1], _conv_bn_folded(self.conv_body[0], shortcut).relu_())
             # the SE layer's ``out * fc(mean(out))``, added to the shortcut in one pass
             scale = self.se.fc(out.mean(dim=(2, 3)))[:, :, None, None]
             return shortcut.addcmul_(out, scale).relu_()
-        else:
-            shortcut = self.conv_in(x)
-            out = self.conv_body(shortcut)
+        shortcut = self.conv_in(x)
+        out = self.conv_body(shortcut)
         return self.se(out).add_(shortcut).relu_()
 
     def forward_from_conv(self, c1: Tensor) -> Tensor:
-        """Memory-lean training computation from the first convolution's output ``c1`` (before its BN)."""
+        """Fused (CPU) training computation from the first convolution's output ``c1`` (before its BN)."""
         bn1, conv2 = self.conv_in.adn.N, self.conv_body[0].conv
         c2, shortcut = _BatchNormReLUConv.apply(c1, bn1.weight, bn1.bias, conv2.weight, bn1, conv2, True)
         return self._tail(c2, shortcut)
 
     def _tail(self, c2: Tensor, shortcut: Tensor) -> Tensor:
-        """Memory-lean training computation from the second convolution's output ``c2`` and the shortcut."""
+        """Fused (CPU) training computation from the second convolution's output ``c2`` and the shortcut."""
         bn2, conv3 = self.conv_body[0].adn.N, self.conv_body[1].conv
         bn3 = self.conv_body[1].adn.N
         c3 = _BatchNormReLUConv.apply(c2, bn2.weight, bn2.bias, conv3.weight, bn2, conv3, False)
@@ -445,6 +474,9 @@ class SEResBlock(nn.Module):
 
 class UpBlock(nn.Module):
     """Decoder level: bilinear 2x upsampling, skip operation, then :class:`SEResBlock`.
+
+    Where the block takes the fused training path (see :class:`SEResBlock`), the upsampled (and concatenated)
+    input is recomputed in backward instead of kept.
 
     Args:
         in_channels: channels of the input feature.
@@ -471,7 +503,7 @@ class UpBlock(nn.Module):
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         if (skip is None) == (self.op == "concat"):
             raise ValueError(f"op {self.op!r} {'needs' if skip is None else 'takes no'} skip feature.")
-        if _lean_training(self):
+        if _lean_training(self.block, x):
             conv = self.block.conv_in.conv
             return self.block.forward_from_conv(_UpsampleConcatConv.apply(x, skip, conv.weight, conv))
         return self.block(_upsample_concat(x, skip))
