@@ -128,7 +128,7 @@ class ImageSizeMismatchError(RuntimeError):
 class AnomalyDetector(nn.Module):
     """Scores chest radiographs with a trained SimSID generator and discriminator.
 
-    Two image scores are offered (``../docs/README.md``):
+    Two image scores are offered (``docs/method.md``, "Scoring"):
 
     - ``"discriminator"`` (the paper's): ``s = D(G(x))`` logit, standardised by the mean and standard
       deviation of the same quantity over training images, anomaly score ``1 - sigmoid(z)``.

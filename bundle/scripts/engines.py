@@ -48,7 +48,7 @@ def auc_inputs(score_kind: str) -> Callable[[dict[str, torch.Tensor]], tuple[tor
 
 
 class SimSIDTrainer(Trainer):
-    """Adversarial training of the SimSID generator and discriminator (METHOD.md, "Training").
+    """Adversarial training of the SimSID generator and discriminator (``docs/method.md``, "Training schedule").
 
     Every iteration: one generator forward in train mode, then a discriminator step on the real batch and
     the detached reconstruction. Every ``n_critic``-th iteration (the first of each group) the same

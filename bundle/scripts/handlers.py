@@ -84,7 +84,7 @@ class ScoreStatisticsHandler:
     Args:
         detector: the detector whose ``statistics`` are updated.
         data_loader: un-augmented normal training images.
-        max_images: how many images (METHOD.md: up to 200).
+        max_images: how many images (the method measures them on up to 200: ``docs/method.md``, "Scoring").
         only_if_missing: skip when the statistics are already there (e.g. loaded from a checkpoint).
         amp: autocast while scoring.
     """

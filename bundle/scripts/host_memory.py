@@ -10,7 +10,7 @@ adapting it and its heap-trim threshold: a block of at least that size that the 
 its own mapping, returned to the system when freed, and free memory at the top of the heap beyond 128 KiB is
 returned too. ``train.json`` fixes it at 16 MiB (``malloc_mmap_threshold``): peak resident memory of the training
 step 2.34 -> 2.26 GB (mean of 3 runs each) with no step-time difference beyond the noise of the measurement
-(``bundle/docs/benchmarks_model.md``).
+(``benchmarks/notebook_model.md``).
 
 Every mapped block costs page faults when it is first written, and the kernel zeroes each page. A training step
 (batch 16, 128 x 128) maps about 3.5 GiB of such blocks; on the 2-core virtual machines of the benchmarks that is
@@ -24,7 +24,7 @@ block above 32 MiB that the free heap cannot hold gets a fresh mapping, faulted 
 the 128 x 128 activations of a batch of 16); heap-only inference (``inference.json``, 128 x 128, CPU) over 403 PNGs
 took 50-53 s instead of 57-59 s (system time 3 s instead of 9 s), over 48 DICOMs of 2000-3000 pixels per side 91-93
 s instead of 101-103 s, at the same peak resident memory within 3 %; evaluation at 128 x 128 42-44 s instead of
-44-49 s (``bundle/docs/benchmarks_model.md``).
+44-49 s (``benchmarks/notebook_model.md``).
 
 A different allocator avoids the trade: with tcmalloc preloaded (``LD_PRELOAD``, README) freed blocks stay in its
 size-class caches, so steps neither fault nor fragment: on those machines the median step took 7.7-8.0 s instead
