@@ -43,8 +43,8 @@ sys.path[:0] = [str(BUNDLE), str(BUNDLE.parent)]  # scripts.* and benchmarks.*
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from benchmarks.quality_stats import finding_subsets, paired_auc_difference  # noqa: E402
-from scripts.metrics import auc_or_nan  # noqa: E402
+from benchmarks.quality_stats import paired_auc_difference  # noqa: E402
+from scripts.metrics import auc_or_nan, finding_subsets  # noqa: E402
 from benchmarks.pca_floor import pca_scores  # noqa: E402
 from scripts.data.synthetic import ensure_synthetic_dataset  # noqa: E402
 

@@ -12,9 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scripts.metrics import auc_or_nan
-
-from benchmarks.quality_stats import finding_subsets
+from scripts.metrics import auc_or_nan, finding_subsets
 
 __all__ = ["to_feature_matrix", "fit_pca", "pca_reconstruction_error", "pca_scores", "pca_auc_by_finding"]
 

@@ -1,5 +1,5 @@
-"""Statistics the quality benchmarks report beside the bundle's own metrics: per-finding subsets and the paired
-bootstrap difference of two scores' AUCs on the same images."""
+"""The paired bootstrap difference of two scores' AUCs on the same images, which the quality benchmarks report
+beside the bundle's own metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scripts.metrics import auc_or_nan, bootstrap_aucs, percentile_interval
 
-__all__ = ["finding_subsets", "paired_auc_difference"]
+__all__ = ["paired_auc_difference"]
 
 
 def paired_auc_difference(
@@ -39,27 +39,3 @@ def paired_auc_difference(
         "interval_a": percentile_interval(aucs[0], level),
         "interval_b": percentile_interval(aucs[1], level),
     }
-
-
-def finding_subsets(
-    labels: Sequence[int] | np.ndarray, kinds: Sequence[str]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The image subsets that per-finding AUCs compare: all images, and the normals with one kind's images.
-
-    Args:
-        labels: per image, 0 normal or 1 abnormal.
-        kinds: per image, its finding kind (any string for abnormal images; ignored for normal ones).
-
-    Returns:
-        ``{"overall": (keep, labels[keep]), <kind>: (keep, labels[keep]), ...}`` with boolean masks ``keep``;
-        kinds in order of first appearance among the abnormal images.
-    """
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    k = np.asarray(kinds, dtype=str).reshape(-1)
-    if y.shape != k.shape:
-        raise ValueError(f"labels ({y.size}) and kinds ({k.size}) differ in length.")
-    subsets = {"overall": (np.ones(y.size, bool), y)}
-    for kind in dict.fromkeys(k[y == 1].tolist()):
-        keep = (y == 0) | ((y == 1) & (k == kind))
-        subsets[kind] = keep, y[keep]
-    return subsets

@@ -6,13 +6,15 @@ import csv
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from bundle_utils import BUNDLE, CONFIGS, TINY, run, workflow
 from scripts.checkpoint import load_checkpoint, save_atomic
+from scripts.data.phantom import FINDINGS
 from scripts.data.synthetic import write_synthetic_dataset
 
 N_TEST_NORMAL, N_TEST_ABNORMAL = 3, 5
@@ -133,9 +135,23 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
         assert 0.0 <= low <= m["auc"] <= high <= 1.0
         for key in ("accuracy", "f1", "sensitivity", "specificity", "precision", "threshold"):
             assert key in m
+    # the built-in set's datalist gives finding kinds and lesion masks: per-finding AUCs and pixel AUROCs
+    kinds = FINDINGS[:N_TEST_ABNORMAL]
+    for kind in ("discriminator", "reconstruction"):
+        per_finding = metrics[kind]["per_finding"]
+        assert set(per_finding) == set(kinds) and all(v["num_abnormal"] == 1 for v in per_finding.values())
+        assert all(0.0 <= v["auc"] <= 1.0 for v in per_finding.values())
+    pixel = metrics["pixel"]
+    assert set(pixel["auroc"]) == {"anomaly_map", "z_score"} and all(0 <= v <= 1 for v in pixel["auroc"].values())
+    masks = [np.asarray(Image.open(p).resize((TINY["img_size"],) * 2, Image.BOX)) >= 128
+             for p in sorted((dataset / "masks" / "test").iterdir())]
+    assert pixel["num_lesion_pixels"] == pytest.approx(sum(int(m.sum()) for m in masks), rel=0.05)
+    total_pixels = (N_TEST_NORMAL + N_TEST_ABNORMAL) * TINY["img_size"] ** 2
+    assert pixel["num_lesion_pixels"] + pixel["num_other_pixels"] == total_pixels
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == N_TEST_NORMAL + N_TEST_ABNORMAL
+    assert sorted(r["kind"] for r in rows if r["label"] == "1") == sorted(kinds)
     assert sum(int(r["label"]) for r in rows) == N_TEST_ABNORMAL
     assert all(r["decision"] in ("normal", "abnormal") for r in rows)
     for name in ("roc.png", "score_histogram.png", "cases.png"):

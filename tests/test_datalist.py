@@ -242,3 +242,51 @@ def test_error_bad_datalist(tmp_path, content, match):
     file = tmp_path / "dl.json"
     file.write_text(content)
     _raises(file, match)
+
+
+def test_datalist_masks_and_kinds_are_kept_resolved_and_filled(tmp_path):
+    for name in ("n.png", "a.png", "b.png", "v.png", "masks/a.png"):
+        _png(tmp_path / name)
+    (tmp_path / "list.json").write_text(json.dumps({
+        "training": [{"image": "n.png"}],
+        "validation": [{"image": "v.png", "label": 0}, {"image": "b.png", "label": 1}],
+        "test": [{"image": "n.png", "label": 0, "kind": "normal"},
+                 {"image": "a.png", "label": 1, "kind": "effusion", "mask": "masks/a.png"},
+                 {"image": "b.png", "label": 1, "kind": 7}],
+    }))
+    splits = find_datalist(tmp_path / "list.json")
+    test = {Path(item["image"]).name: item for item in splits["test"]}
+    assert test["a.png"] == {"image": str(tmp_path / "a.png"), "label": 1, "kind": "effusion",
+                             "mask": str(tmp_path / "masks" / "a.png")}
+    # every item of a split has the same keys (batches collate); "" where an item has none
+    assert test["b.png"]["mask"] == "" and test["b.png"]["kind"] == "7" and test["n.png"]["mask"] == ""
+    assert splits["validation"][0].keys() == {"image", "label"}
+    # written back with paths relative to the new datalist's folder, and read again the same
+    out = write_datalist(tmp_path / "list.json", tmp_path / "copy" / "datalist.json")
+    written = json.loads(out.read_text())
+    assert {"image": "../a.png", "label": 1, "kind": "effusion", "mask": "../masks/a.png"} in written["test"]
+    assert find_datalist(out) == splits
+
+
+def test_datalist_missing_mask_is_named(tmp_path):
+    _png(tmp_path / "n.png")
+    _png(tmp_path / "a.png")
+    (tmp_path / "list.json").write_text(json.dumps({
+        "training": [{"image": "n.png"}],
+        "test": [{"image": "n.png", "label": 0}, {"image": "a.png", "label": 1, "mask": "masks/gone.png"}],
+    }))
+    with pytest.raises(DatasetError, match=r"Mask .*masks/gone\.png listed in datalist .*list\.json does not exist"):
+        find_datalist(tmp_path / "list.json")
+
+
+def test_synthetic_set_reads_through_its_datalist_with_masks(tmp_path):
+    from scripts.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "s", n_train=2, n_val_normal=1, n_val_abnormal=1, n_test_normal=2,
+                                   n_test_abnormal=5, size=32, seed=0)
+    test = find_datalist(root)["test"]
+    abnormal = [item for item in test if item["label"] == 1]
+    assert sorted(item["kind"] for item in abnormal) == sorted(
+        ["nodule", "consolidation", "effusion", "pneumothorax", "cardiomegaly"])
+    assert all(Path(item["mask"]).is_file() and "masks" in item["mask"] for item in abnormal)
+    assert all(item["mask"] == "" and item["kind"] == "normal" for item in test if item["label"] == 0)

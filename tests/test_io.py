@@ -26,7 +26,7 @@ from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from scripts.data.formats import DICOM_META_KEYWORDS, RadiographLoadError, is_supported_file
-from scripts.data.transforms import LoadRadiograph, LoadRadiographd
+from scripts.data.transforms import LoadMaskd, LoadRadiograph, LoadRadiographd
 
 LUMA = np.array([0.299, 0.587, 0.114])
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -569,3 +569,25 @@ def test_gzip_bomb_nifti_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bomb.nii.gz").write_bytes(body + deflater.flush())
     with pytest.raises(RadiographLoadError, match="gzip content is larger"):
         LoadRadiograph(max_pixels=1_000)(tmp_path / "bomb.nii.gz")
+
+
+def test_lesion_masks_load_at_the_model_size_in_the_image_orientation(tmp_path: Path) -> None:
+    mask = np.zeros((60, 40), np.uint8)  # rows x columns, like the radiograph
+    mask[10:30, 5:15] = 255  # 20 x 10 pixels -> 8 x 8 at 16 x 16 (scale 16/60 rows, 16/40 columns)
+    write_png(tmp_path / "m.png", mask)
+    nib.save(nib.Nifti1Image((mask.T > 0).astype(np.uint8), np.eye(4)), tmp_path / "m.nii.gz")  # (column, row)
+    load = LoadMaskd(keys="mask", spatial_size=16)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(mask > 0).float()[None, None], size=(16, 16),
+                                               mode="area")[0] >= 0.5
+    for name in ("m.png", "m.nii.gz"):
+        item = load({"mask": str(tmp_path / name), "label": 1})
+        assert item["mask_known"] and item["mask"].shape == (1, 16, 16)
+        assert torch.equal(item["mask"].bool(), expected), name
+    assert int(expected.sum()) > 0 and expected[0, 4, 3] and not expected[0, 12, 12]
+    normal = load({"mask": "", "label": 0})  # a normal image without a mask: no lesion anywhere
+    assert normal["mask_known"] and not normal["mask"].any()
+    unknown = load({"label": 1})  # an abnormal image without a mask: left out of the pixel metrics
+    assert not unknown["mask_known"] and unknown["mask"].shape == (1, 16, 16)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(RadiographLoadError, match="mask cannot be read"):
+        load({"mask": str(tmp_path / "bad.png"), "label": 1})

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.quality_stats import finding_subsets, paired_auc_difference
+from benchmarks.quality_stats import paired_auc_difference
 from scripts.metrics import (
     _stratified_weights,
     _weighted_aucs,
@@ -14,6 +14,8 @@ from scripts.metrics import (
     best_accuracy_operating_point,
     bootstrap_aucs,
     detection_metrics,
+    finding_subsets,
+    PixelAUROC,
     roc_curve,
 )
 
@@ -168,3 +170,43 @@ def test_best_accuracy_is_maximal_over_all_thresholds():
 def test_bad_labels_rejected():
     with pytest.raises(ValueError, match="labels"):
         auc_or_nan([0.1, 0.2], [0, 2])
+
+
+def test_pixel_auroc_matches_the_exact_auc_in_any_batching() -> None:
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 1, 20, 20)) < 0.1
+    maps = np.clip(0.3 * masks + rng.normal(0.35, 0.15, masks.shape), 0, 1)  # lesions brighter, overlapping
+    exact = auc_or_nan(maps.reshape(-1), masks.reshape(-1).astype(int))
+    assert 0.7 < exact < 0.99  # neither chance nor perfect: agreement below means something
+    whole, split = PixelAUROC(), PixelAUROC()
+    whole.update(maps, masks)
+    for i in range(0, 6, 4):
+        split.update(maps[i:i + 4], masks[i:i + 4])
+    assert whole.compute() == pytest.approx(exact, abs=1e-3)
+    assert split.compute() == whole.compute()
+    other = PixelAUROC()
+    other.update(1 - maps, masks)  # reversed maps rank every lesion pixel the other way
+    assert other.compute() == pytest.approx(1 - exact, abs=1e-3)
+    merged = PixelAUROC()
+    merged.merge(whole)
+    assert merged.compute() == whole.compute()
+
+
+def test_pixel_auroc_edge_cases() -> None:
+    perfect = PixelAUROC()
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 2:4, 2:4] = True
+    perfect.update(np.where(masks, 0.9, 0.1), masks)
+    assert perfect.compute() == 1.0
+    ties = PixelAUROC()
+    ties.update(np.full((1, 8, 8), 0.5), masks)  # one value everywhere: chance, ties counted half
+    assert ties.compute() == pytest.approx(0.5)
+    clipped = PixelAUROC()
+    clipped.update(np.where(masks, 7.0, -3.0), masks)  # out of [0, 1]: clipped into the end bins
+    assert clipped.compute() == 1.0
+    assert np.isnan(PixelAUROC().compute())
+    normals_only = PixelAUROC()
+    normals_only.update(np.random.default_rng(1).random((2, 8, 8)), np.zeros((2, 8, 8), bool))
+    assert np.isnan(normals_only.compute())
+    with pytest.raises(ValueError, match="differ in size"):
+        PixelAUROC().update(np.zeros((2, 8, 8)), masks)

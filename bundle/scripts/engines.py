@@ -168,7 +168,8 @@ class AnomalyEvaluator(Evaluator):
     Each iteration's output holds, for the batch: ``"image"``, ``"label"`` (B, -1 when unknown),
     ``"recon"``, ``"anomaly_map"``, the raw ``"disc_logit"`` and ``"recon_error"``, and the normalised
     ``"score_discriminator"`` and ``"score_reconstruction"`` (B each, higher = more abnormal), plus
-    ``"filename"`` (list of B source paths).
+    ``"filename"`` (list of B source paths), and the batch's ``"mask"``, ``"mask_known"`` and ``"kind"`` where it
+    has them (:class:`scripts.data.transforms.LoadMaskd`, the datalist's finding kinds).
 
     Args:
         device: the device to run on.
@@ -224,6 +225,7 @@ class AnomalyEvaluator(Evaluator):
             **{k: v.float() for k, v in raw.items()},
             **{f"score_{k}": v for k, v in scores.items()},
             "filename": _filenames(batchdata, x.shape[0]),
+            **{k: batchdata[k] for k in ("mask", "mask_known", "kind") if k in batchdata},
         }
 
 

@@ -19,13 +19,26 @@ from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 from .detector import SCORE_KINDS, AnomalyDetector
 from .distributed import gather_objects
 from .engines import autocast_context
-from .metrics import auc_confidence_interval, best_accuracy_operating_point, detection_metrics
+from .metrics import (
+    PixelAUROC,
+    auc_confidence_interval,
+    auc_or_nan,
+    best_accuracy_operating_point,
+    detection_metrics,
+    finding_subsets,
+)
 from .outputs.plots import save_case_grid, save_roc_curve, save_score_histogram
 from .utils import as_bool, unwrap
 
-__all__ = ["compute_score_statistics", "ScoreStatisticsHandler", "ScoreCollector", "ThresholdSelector", "EvaluationReport"]
+__all__ = [
+    "PIXEL_MAPS", "compute_score_statistics", "ScoreStatisticsHandler", "ScoreCollector", "ThresholdSelector",
+    "EvaluationReport",
+]
 
 logger = logging.getLogger(__name__)
+
+PIXEL_MAPS = ("anomaly_map", "z_score")
+"""The maps whose pixel-level AUROC evaluation reports (``EvaluationReport``)."""
 
 
 @torch.no_grad()
@@ -134,10 +147,13 @@ class ScoreCollector:
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
-        columns = {k: out[k].detach().float().cpu().numpy() for k in ("disc_logit", "recon_error") + tuple(f"score_{k}" for k in SCORE_KINDS)}
+        names = ("disc_logit", "recon_error") + tuple(f"score_{k}" for k in SCORE_KINDS)
+        columns = {k: out[k].detach().float().cpu().numpy() for k in names}
         labels = out["label"].cpu().numpy()
+        kinds = out.get("kind") or [""] * len(labels)
         for i, name in enumerate(out["filename"]):
-            self.rows.append({"file": name, "label": int(labels[i]), **{k: float(v[i]) for k, v in columns.items()}})
+            self.rows.append({"file": name, "label": int(labels[i]), "kind": kinds[i],
+                              **{k: float(v[i]) for k, v in columns.items()}})
 
     def scores(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(N scores of ``kind``, N labels) over the rows that have a label."""
@@ -175,8 +191,11 @@ class EvaluationReport(ScoreCollector):
 
     Files: ``metrics.json`` (per score kind: AUC with its 95 % stratified-bootstrap confidence interval
     ``auc_ci95`` and, at the best-accuracy threshold, accuracy, F1,
-    sensitivity, specificity, precision and the threshold; and the metrics at the model's stored
-    threshold), ``scores.csv`` (per image: file, label, raw and normalised scores, decision),
+    sensitivity, specificity, precision and the threshold; the metrics at the model's stored
+    threshold; ``per_finding``: the AUC and interval of the normal images against each finding kind, when the
+    datalist gives kinds; and ``pixel``: the pixel-level AUROC of the anomaly map written for users and of the
+    per-pixel z-score map the reconstruction score is built from, against the lesion masks, when the datalist
+    gives masks), ``scores.csv`` (per image: file, label, kind, raw and normalised scores, decision),
     ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
     most and least abnormal-looking normal and abnormal images).
 
@@ -214,14 +233,18 @@ class EvaluationReport(ScoreCollector):
         self.detector = detector
         self.cases_per_group = cases_per_group
         self.cases: list[dict[str, Any]] = []
+        self.pixel = {name: PixelAUROC() for name in PIXEL_MAPS}
 
     def _reset(self, engine: Engine) -> None:
         super()._reset(engine)
         self.cases = []
+        for accumulator in self.pixel.values():
+            accumulator.reset()
 
     def _collect(self, engine: Engine) -> None:
         super()._collect(engine)
         out = engine.state.output
+        self._count_pixels(out)
         kind = unwrap(self.detector).score_kind
         scores = out[f"score_{kind}"].float().cpu()
         for i in range(scores.shape[0]):
@@ -232,6 +255,25 @@ class EvaluationReport(ScoreCollector):
                 "images": [out[k][i, 0].float().cpu() for k in ("image", "recon", "anomaly_map")],
             })
         self._trim_cases()
+
+    def _count_pixels(self, out: dict[str, Any]) -> None:
+        """Add the maps of the images whose lesion mask is known to the pixel-level AUROCs."""
+        if "mask" not in out:
+            return
+        known = torch.as_tensor(out["mask_known"]).bool().reshape(-1).cpu()
+        if not known.any():
+            return
+        masks = torch.as_tensor(out["mask"])[known]
+        z2 = unwrap(self.detector).statistics.standardise(out["residual"].float()).square()
+        maps = {"anomaly_map": out["anomaly_map"].float(), "z_score": z2 / (1 + z2)}  # monotone into [0, 1)
+        for name, values in maps.items():
+            self.pixel[name].update(values.cpu()[known], masks)
+
+    def _gather(self, engine: Engine) -> None:
+        """Rows and pixel counts of all ranks (each rank scored its shard)."""
+        super()._gather(engine)
+        for accumulator in self.pixel.values():
+            accumulator.counts = np.sum(gather_objects([accumulator.counts]), axis=0)
 
     def _trim_cases(self) -> None:
         """Keep only the extreme cases of each label (highest and lowest scores)."""
@@ -258,6 +300,11 @@ class EvaluationReport(ScoreCollector):
                 metrics[kind]["at_stored_threshold"] = detection_metrics(scores, labels, threshold)
             if labels.min() != labels.max():
                 curves[kind] = (scores, labels)
+        self._add_per_finding(metrics)
+        pixel = {name: accumulator.compute() for name, accumulator in self.pixel.items()}
+        if any(math.isfinite(v) for v in pixel.values()):
+            metrics["pixel"] = {"auroc": pixel, "num_lesion_pixels": int(self.pixel["anomaly_map"].counts[1].sum()),
+                                "num_other_pixels": int(self.pixel["anomaly_map"].counts[0].sum())}
         with open(self.output_dir / "metrics.json", "w") as f:
             json.dump(_finite_or_none(metrics), f, indent=2)
         self._write_csv(threshold, detector.score_kind)
@@ -267,11 +314,30 @@ class EvaluationReport(ScoreCollector):
         if self.cases:
             save_case_grid(self.cases, self.output_dir / "cases.png")
         engine.state.metrics.update({f"test_auc_{k}": metrics[k]["auc"] for k in SCORE_KINDS if k in metrics})
-        logger.info("evaluation of %d images written to %s: %s", len(self.rows), self.output_dir,
-                    {k: round(metrics[k]["auc"], 4) for k in SCORE_KINDS if k in metrics})
+        logger.info("evaluation of %d images written to %s: %s%s", len(self.rows), self.output_dir,
+                    {k: round(metrics[k]["auc"], 4) for k in SCORE_KINDS if k in metrics},
+                    f", pixel AUROC {({k: round(v, 4) for k, v in pixel.items()})}" if "pixel" in metrics else "")
+
+    def _add_per_finding(self, metrics: dict[str, Any]) -> None:
+        """Each score's AUC (and interval) of the normal images against each finding kind, when rows have kinds."""
+        rows = [r for r in self.rows if r["label"] in (0, 1)]
+        kinds = [r["kind"] for r in rows]
+        if not any(kind for kind, r in zip(kinds, rows) if r["label"] == 1):
+            return
+        labels = np.array([r["label"] for r in rows])
+        for score in SCORE_KINDS:
+            if score not in metrics:
+                continue
+            values = np.array([r[f"score_{score}"] for r in rows])
+            metrics[score]["per_finding"] = {
+                kind: {"auc": auc_or_nan(values[keep], y), "auc_ci95": list(auc_confidence_interval(values[keep], y)),
+                       "num_abnormal": int(y.sum())}
+                for kind, (keep, y) in finding_subsets(labels, kinds).items() if kind != "overall"
+            }
 
     def _write_csv(self, threshold: float, kind: str) -> None:
-        columns = ["file", "label", "disc_logit", "recon_error", "score_discriminator", "score_reconstruction", "decision"]
+        columns = ["file", "label", "kind", "disc_logit", "recon_error", "score_discriminator", "score_reconstruction",
+                   "decision"]
         with open(self.output_dir / "scores.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()

@@ -14,6 +14,8 @@ __all__ = [
     "bootstrap_aucs",
     "auc_confidence_interval",
     "percentile_interval",
+    "finding_subsets",
+    "PixelAUROC",
     "best_accuracy_operating_point",
     "detection_metrics",
 ]
@@ -122,6 +124,30 @@ def auc_confidence_interval(
     return percentile_interval(bootstrap_aucs(scores, y, num_resamples, seed), level)
 
 
+def finding_subsets(
+    labels: Sequence[int] | np.ndarray, kinds: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The image subsets that per-finding AUCs compare: all images, and the normals with one kind's images.
+
+    Args:
+        labels: per image, 0 normal or 1 abnormal.
+        kinds: per image, its finding kind (any string for abnormal images; ignored for normal ones).
+
+    Returns:
+        ``{"overall": (keep, labels[keep]), <kind>: (keep, labels[keep]), ...}`` with boolean masks ``keep``;
+        kinds in order of first appearance among the abnormal images.
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    k = np.asarray(kinds, dtype=str).reshape(-1)
+    if y.shape != k.shape:
+        raise ValueError(f"labels ({y.size}) and kinds ({k.size}) differ in length.")
+    subsets = {"overall": (np.ones(y.size, bool), y)}
+    for kind in dict.fromkeys(k[y == 1].tolist()):
+        keep = (y == 0) | ((y == 1) & (k == kind))
+        subsets[kind] = keep, y[keep]
+    return subsets
+
+
 def roc_curve(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve of ``scores`` against binary ``labels``.
 
@@ -196,3 +222,47 @@ def detection_metrics(
     else:
         point = {"threshold": float(threshold), **_confusion_metrics(s >= threshold, y)}
     return {"auc": auc_or_nan(s, y), "num_images": int(s.size), "num_abnormal": int(y.sum()), **point}
+
+
+class PixelAUROC:
+    """Pixel-level AUROC of anomaly maps against lesion masks, accumulated batch by batch in fixed memory.
+
+    Map values are counted in ``num_bins`` equal bins over ``[0, 1]`` (values outside are clipped), separately
+    for lesion and other pixels; the AUROC is then that of the binned values, ties within a bin counted half
+    (with 10,000 bins it differs from the exact value by well under 1e-3 for any map that is not constant over
+    a large part of a bin). Maps with other ranges are mapped into ``[0, 1]`` monotonically first (an AUROC does
+    not change under a monotone transform), e.g. ``z2 / (1 + z2)``.
+
+    Args:
+        num_bins: bins over ``[0, 1]``.
+    """
+
+    def __init__(self, num_bins: int = 10_000) -> None:
+        self.num_bins = int(num_bins)
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = np.zeros((2, self.num_bins), dtype=np.int64)  # row 0: other pixels, row 1: lesion pixels
+
+    def update(self, maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> None:
+        """Count the pixels of maps ``B x ...`` in ``[0, 1]`` against boolean (or 0/1) masks of the same shape."""
+        values = np.asarray(torch.as_tensor(maps).detach().float().cpu()).reshape(-1)
+        lesion = np.asarray(torch.as_tensor(masks).detach().cpu()).reshape(-1) > 0.5
+        if values.shape != lesion.shape:
+            raise ValueError(f"maps ({values.size} values) and masks ({lesion.size}) differ in size.")
+        index = np.clip((values * self.num_bins).astype(np.int64), 0, self.num_bins - 1)
+        self.counts += np.stack([np.bincount(index[~lesion], minlength=self.num_bins),
+                                 np.bincount(index[lesion], minlength=self.num_bins)])
+
+    def merge(self, other: PixelAUROC) -> None:
+        """Add the counts of another accumulator (another rank's)."""
+        self.counts += other.counts
+
+    def compute(self) -> float:
+        """The AUROC; NaN without lesion pixels or without other pixels."""
+        negative, positive = self.counts.astype(np.float64)
+        if negative.sum() == 0 or positive.sum() == 0:
+            return float("nan")
+        below = np.cumsum(negative) - negative  # other pixels in lower bins
+        wins = positive * (below + 0.5 * negative)
+        return float(wins.sum() / (positive.sum() * negative.sum()))

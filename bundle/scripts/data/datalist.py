@@ -5,7 +5,9 @@
 - a datalist JSON file, or a folder holding ``datalist.json``: ``{"training": [{"image": ...}, ...],
   "validation": [{"image": ..., "label": 0 | 1}, ...], "test": [...]}`` with paths relative to the JSON's
   folder or absolute (read with :func:`monai.data.load_decathlon_datalist`); training items without a
-  ``label`` are normal;
+  ``label`` are normal. An item may also give ``"mask"``, the path of its lesion mask (an image of the same
+  size, non-zero on the finding), which evaluation scores the anomaly maps against, and ``"kind"``, its finding
+  kind (any string), which evaluation reports the AUC of separately;
 - the ZhangLab layout ``<root>/{train,val,test}/{normal_256,pneumonia_256}/*``;
 - the CheXpert layout ``<root>/{train_256_pa,val_256_pa,our_test_256_pa}/{normal_256,abnormal_256}/*``.
 
@@ -34,7 +36,7 @@ from monai.data import load_decathlon_datalist
 
 from .formats import is_supported_file
 
-__all__ = ["DatasetError", "FolderLayout", "LAYOUTS", "SPLITS", "is_image_file", "find_datalist", "write_datalist"]
+__all__ = ["DATALIST_NAME", "DatasetError", "FolderLayout", "LAYOUTS", "SPLITS", "is_image_file", "find_datalist", "write_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +119,16 @@ def _finish(splits: dict[str, list[dict]], source: Path) -> dict[str, list[dict]
             )
     key = operator.itemgetter("label", "image")
     return {
-        "training": sorted(training, key=key),
-        "validation": sorted(validation, key=key),
-        "test": sorted(test, key=key),
+        "training": _same_keys(sorted(training, key=key)),
+        "validation": _same_keys(sorted(validation, key=key)),
+        "test": _same_keys(sorted(test, key=key)),
     }
+
+
+def _same_keys(items: list[dict]) -> list[dict]:
+    """Give every item the optional keys any item of its split has (``""`` where it has none), so batches collate."""
+    optional = sorted({k for item in items for k in item} - {"image", "label"})
+    return [{**dict.fromkeys(optional, ""), **item} for item in items]
 
 
 def _from_layout(root: Path, layout: FolderLayout) -> dict[str, list[dict]]:
@@ -139,6 +147,22 @@ def _label(value: object, item: dict, file: Path) -> int:
             f"Item {item} of datalist {file} has label {value!r}; labels must be 0 (normal) or 1 (abnormal)."
         )
     return int(value)
+
+
+def _mask_and_kind(item: dict, file: Path) -> dict[str, str]:
+    """The optional ``mask`` (absolute path; relative ones are relative to the datalist's folder, as MONAI resolves
+    images) and ``kind`` (string) of a datalist item."""
+    extra = {}
+    if item.get("mask") is not None:
+        if not isinstance(item["mask"], str):
+            raise DatasetError(f"Item {item} of datalist {file} has a 'mask' that is not one path.")
+        mask = os.path.abspath(os.path.join(file.parent, item["mask"]))
+        if not os.path.isfile(mask):
+            raise DatasetError(f"Mask {mask} listed in datalist {file} does not exist; fix or remove the entry.")
+        extra["mask"] = mask
+    if item.get("kind") is not None:
+        extra["kind"] = str(item["kind"])
+    return extra
 
 
 def _from_json(file: Path) -> dict[str, list[dict]]:
@@ -166,7 +190,8 @@ def _from_json(file: Path) -> dict[str, list[dict]]:
                 raise DatasetError(f"Image {image} listed in datalist {file} does not exist; fix or remove the entry.")
             if "label" not in item and split != "training":
                 raise DatasetError(f"Item {item} of the '{split}' list of datalist {file} has no 'label' (0 or 1).")
-            items.append({"image": image, "label": _label(item.get("label", 0), item, file)})
+            items.append({"image": image, "label": _label(item.get("label", 0), item, file),
+                          **_mask_and_kind(item, file)})
         splits[split] = items
     logger.info("Read datalist %s", file)
     return _finish(splits, file)
@@ -202,15 +227,18 @@ def find_datalist(dataset_dir: str | Path) -> dict[str, list[dict]]:
     )
 
 
+def _relative_item(item: dict, base: str) -> dict:
+    """A datalist item as written to a file in ``base``: paths relative to it, empty optional keys left out."""
+    item = {k: v for k, v in item.items() if v != ""}
+    return {**item, **{k: os.path.relpath(item[k], base) for k in ("image", "mask") if k in item}}
+
+
 def write_datalist(dataset_dir: str | Path, output_file: str | Path) -> Path:
     """Write the dataset found in ``dataset_dir`` as a datalist JSON with paths relative to its folder."""
     output_file = Path(output_file)
     splits = find_datalist(dataset_dir)
     base = os.path.abspath(output_file.parent)
-    data = {
-        split: [{"image": os.path.relpath(item["image"], base), "label": item["label"]} for item in items]
-        for split, items in splits.items()
-    }
+    data = {split: [_relative_item(item, base) for item in items] for split, items in splits.items()}
     output_file.parent.mkdir(parents=True, exist_ok=True)
     output_file.write_text(json.dumps(data, indent=1))
     logger.info("Wrote %s (%s)", output_file, ", ".join(f"{k}: {len(v)}" for k, v in data.items()))

@@ -18,20 +18,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .datalist import DATALIST_NAME
 from .phantom import FINDINGS, synthesize_radiograph
 
 __all__ = ["write_synthetic_dataset", "ensure_synthetic_dataset", "is_complete_synthetic_dataset", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 2  # bump whenever the images change, so that ensure_synthetic_dataset rewrites old sets
+_VERSION = 3  # bump whenever the files change, so that ensure_synthetic_dataset rewrites old sets (3: datalist.json)
 _COMPLETE_MARKER = ".synthetic_complete.json"
 _INCOMPLETE_MARKER = ".synthetic_incomplete.json"
 _MANIFEST = "findings.csv"
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _NORMAL_DIR = "normal_256"
 _ABNORMAL_DIR = "pneumonia_256"
-_MANAGED = ("train", "val", "test", "masks", _MANIFEST)
+_MANAGED = ("train", "val", "test", "masks", _MANIFEST, DATALIST_NAME)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -85,7 +86,8 @@ def write_synthetic_dataset(
     Layout: ``root/{train,val,test}/{normal_256,pneumonia_256}/<name>.png`` (8-bit gray; train has normals
     only), masks of the abnormal images as ``root/masks/<split>/<name>.png`` and the manifest
     ``root/findings.csv`` (columns ``split,file,label,finding``; ``file`` relative to ``root``; finding
-    ``normal`` for normals).  Image ``i`` of a split is drawn from ``default_rng([seed, split, i, abnormal])``,
+    ``normal`` for normals), and the same as ``root/datalist.json`` (what :func:`scripts.data.datalist.find_datalist`
+    reads: labels, ``kind`` and the abnormal images' ``mask``).  Image ``i`` of a split is drawn from ``default_rng([seed, split, i, abnormal])``,
     so each image is independent of the others and of the counts.
 
     ``root/.synthetic_incomplete.json`` is written first and replaced by ``root/.synthetic_complete.json``
@@ -137,10 +139,23 @@ def write_synthetic_dataset(
         writer = csv.writer(f)
         writer.writerow(("split", "file", "label", "finding"))
         writer.writerows(rows)
+    _write_datalist(root, rows)
     (root / _COMPLETE_MARKER).write_text(json.dumps({"params": params, "n_images": len(rows)}))
     (root / _INCOMPLETE_MARKER).unlink()
     logger.info("Synthetic dataset complete: %s", root)
     return root
+
+
+def _write_datalist(root: Path, rows: list[tuple[str, str, int, str]]) -> None:
+    """``datalist.json``: the images with their labels, finding kinds and (abnormal images) lesion masks."""
+    splits = {"train": "training", "val": "validation", "test": "test"}
+    data: dict[str, list[dict]] = {name: [] for name in splits.values()}
+    for split, file, label, kind in rows:
+        item = {"image": file, "label": label, "kind": kind}
+        if label:
+            item["mask"] = f"masks/{split}/{Path(file).name}"
+        data[splits[split]].append(item)
+    (root / DATALIST_NAME).write_text(json.dumps(data, indent=1))
 
 
 def read_manifest(root: str | Path) -> list[dict]:

@@ -13,17 +13,21 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection, PathLike
 from monai.data import ImageReader, MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
+from PIL import Image
 
 from .dicom import DicomRadiographReader
 from .formats import RadiographLoadError, detect_format
 from .itk_reader import ITKRadiographReader
 from .raster import NibabelRadiographReader, PILRadiographReader
 
-__all__ = ["LoadRadiograph", "LoadRadiographd"]
+__all__ = ["LoadRadiograph", "LoadRadiographd", "LoadMaskd"]
 
 
 class LoadRadiograph(Transform):
@@ -105,3 +109,50 @@ class LoadRadiographd(MapTransform):
                 hint = f"{e.hint}, {self.extra_hint}" if e.hint else self.extra_hint
                 raise RadiographLoadError(e.path, e.reason, hint) from e
         return d
+
+
+class LoadMaskd(MapTransform):
+    """The lesion mask of an item at the model's size, for the pixel-level metrics of evaluation.
+
+    ``d[key]`` is the mask's path (``""`` or absent when the item has none). It becomes ``1 x S x S`` float32, 1 on
+    the finding: the mask image (PNG/JPEG grey or NIfTI, the same size and orientation as the radiograph; non-zero
+    marks the finding) is area-resized to ``S x S`` like the radiograph and thresholded at half. ``d[known_key]``
+    says whether the mask is known: a normal image (``d[label_key] == 0``) without one has an all-zero mask, an
+    abnormal image without one has an unknown mask (left out of the pixel metrics).
+
+    Args:
+        keys: key of the mask path.
+        spatial_size: the model's ``img_size`` ``S``.
+        label_key: key of the image label (0 normal, 1 abnormal).
+        known_key: where the known flag goes.
+    """
+
+    def __init__(self, keys: KeysCollection = "mask", spatial_size: int = 128, label_key: str = "label",
+                 known_key: str = "mask_known") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.size = int(spatial_size)
+        self.label_key, self.known_key = label_key, known_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            path = d.get(key) or ""
+            d[self.known_key] = bool(path) or d.get(self.label_key) == 0
+            d[key] = self._load(path) if path else torch.zeros(1, self.size, self.size)
+        return d
+
+    def _load(self, path: str) -> torch.Tensor:
+        try:
+            if path.lower().endswith((".nii", ".nii.gz")):
+                mask = np.asarray(nib.load(path).dataobj, dtype=np.float32).squeeze().T  # (column, row) voxels
+            else:
+                with Image.open(path) as image:
+                    mask = np.asarray(image.convert("L"), dtype=np.float32)
+        except Exception as exc:  # PIL and nibabel raise many types on bad files
+            raise RadiographLoadError(path, f"mask cannot be read ({type(exc).__name__}: {exc})",
+                                      "fix or remove the item's 'mask'") from exc
+        if mask.ndim != 2:
+            raise RadiographLoadError(path, f"mask has shape {mask.shape}, expected rows x columns", "save a 2-D mask")
+        resized = F.interpolate(torch.from_numpy(mask > 0).float()[None, None], size=(self.size, self.size),
+                                mode="area")
+        return (resized[0] >= 0.5).float()
