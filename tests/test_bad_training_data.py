@@ -52,8 +52,8 @@ def clean_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def dataset(clean_dataset: Path, tmp_path: Path) -> Path:
-    """A private copy of the clean data set, to damage."""
-    return Path(shutil.copytree(clean_dataset, tmp_path / "xray"))
+    """A private copy of the clean data set in the ZhangLab folder layout (without its datalist.json), to damage."""
+    return Path(shutil.copytree(clean_dataset, tmp_path / "xray", ignore=shutil.ignore_patterns("datalist.json")))
 
 
 def _zero_bytes(data: bytes) -> bytes:

@@ -181,6 +181,7 @@ def test_names_from_the_data_are_never_evaluated(tmp_path: Path, monkeypatch: py
     hostile = "$__import__('pathlib').Path('EVALUATED').touch() or @x.png"
     dataset = write_synthetic_dataset(tmp_path / "xray", n_train=4, n_val_normal=1, n_val_abnormal=1,
                                       n_test_normal=1, n_test_abnormal=1, size=64, seed=6)
+    (dataset / "datalist.json").unlink()  # read as the ZhangLab folder layout, whose scan finds the renamed file
     (dataset / "train" / "normal_256" / "normal_0000.png").rename(dataset / "train" / "normal_256" / hostile)
     wf = workflow(["train.json"], "train", "training", **TINY, dataset_dir=str(dataset),
                   ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), epochs=1)

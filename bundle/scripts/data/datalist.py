@@ -150,13 +150,13 @@ def _label(value: object, item: dict, file: Path) -> int:
 
 
 def _mask_and_kind(item: dict, file: Path) -> dict[str, str]:
-    """The optional ``mask`` (absolute path; relative ones are relative to the datalist's folder, as MONAI resolves
-    images) and ``kind`` (string) of a datalist item."""
+    """The optional ``mask`` (absolute path) and ``kind`` (string) of an item as ``load_decathlon_datalist`` returns
+    it (a relative path that exists beside the datalist is already joined to its folder)."""
     extra = {}
     if item.get("mask") is not None:
         if not isinstance(item["mask"], str):
             raise DatasetError(f"Item {item} of datalist {file} has a 'mask' that is not one path.")
-        mask = os.path.abspath(os.path.join(file.parent, item["mask"]))
+        mask = os.path.abspath(item["mask"])
         if not os.path.isfile(mask):
             raise DatasetError(f"Mask {mask} listed in datalist {file} does not exist; fix or remove the entry.")
         extra["mask"] = mask
