@@ -297,31 +297,43 @@ def test_infer_equals_inference_json(server, served_model, label_python, tmp_pat
         assert params["abnormal_pixels"] == int(expected.sum())
 
 
-def test_training_through_the_rest_api_writes_and_serves_a_new_model(server, served_model):
-    """Mark normals (and abnormals for validation) in the datastore, train one epoch, infer with the new model."""
-    before = served_model.stat().st_mtime_ns
-    for image_id, finding in [*((n, "normal") for n in NORMALS), *((a, "abnormal") for a in ABNORMALS)]:
-        status, _ = server.request("PUT", f"/datastore/image/info?image={image_id}",
-                                   data=urllib.parse.urlencode({"info": json.dumps({"finding": finding})}).encode(),
-                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
-        assert status == 200
-    assert server.json("GET", f"/datastore/image/info?image={NORMALS[1]}")[1]["finding"] == "normal"
-
-    request = {"max_epochs": 1, "img_size": TRAIN_SIZE, "val_split": 0.25, "batch_size": 4, "num_workers": 0,
-               "pretrained": False}
+def _train(server: Server, request: dict) -> dict:
+    """POST /train/<model> and wait (bounded) for the run to end; returns MONAI Label's task record."""
     status, task = server.json("POST", f"/train/{MODEL}", data=json.dumps(request).encode(),
                                headers={"Content-Type": "application/json"})
     assert status == 200, task
     deadline = time.monotonic() + TRAIN_TIMEOUT
-    while True:
-        status, task = server.json("GET", "/train/")
-        if task.get("status") in ("DONE", "ERROR") or time.monotonic() > deadline:
-            break
+    while task.get("status") not in ("DONE", "ERROR") and time.monotonic() < deadline:
         time.sleep(2)
-    details = "\n".join(task.get("details", []))
-    assert task.get("status") == "DONE", f"training ended {task.get('status')}:\n{details}\n{server.log_tail()}"
-    assert "training on 3 normal images; validating on 1 normal and 2 abnormal" in server.log.read_text()
+        task = server.json("GET", "/train/")[1]
+    return task
 
+
+def _mark(server: Server, image_id: str, finding: str) -> None:
+    form = urllib.parse.urlencode({"info": json.dumps({"finding": finding})}).encode()
+    status, body = server.request("PUT", f"/datastore/image/info?image={image_id}", data=form,
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200, body
+
+
+def test_training_through_the_rest_api_writes_and_serves_a_new_model(server, served_model):
+    """Mark normals (and abnormals for validation) in the datastore, train one epoch, infer with the new model;
+    then train again from the served model (MONAI Label's default ``pretrained``)."""
+    tiny = {"max_epochs": 1, "val_split": 0.25, "batch_size": 4, "num_workers": 0}
+    task = _train(server, {**tiny, "img_size": TRAIN_SIZE})  # nothing marked yet
+    assert task["status"] == "ERROR"
+    assert "training needs at least 2 images marked normal" in "\n".join(task["details"])
+
+    before = served_model.stat().st_mtime_ns
+    for image_id in NORMALS:
+        _mark(server, image_id, "normal")
+    for image_id in ABNORMALS:
+        _mark(server, image_id, "abnormal")
+    assert server.json("GET", f"/datastore/image/info?image={NORMALS[1]}")[1]["finding"] == "normal"
+
+    task = _train(server, {**tiny, "img_size": TRAIN_SIZE, "pretrained": False})
+    assert task["status"] == "DONE", f"training ended {task['status']}:\n{server.log_tail()}"
+    assert "training on 3 normal images; validating on 1 normal and 2 abnormal" in server.log.read_text()
     assert server.model_path.stat().st_mtime_ns != before
     assert trained_img_size(server.model_path, default=0) == TRAIN_SIZE
     status, body = server.infer(NORMALS[0])
@@ -330,3 +342,10 @@ def test_training_through_the_rest_api_writes_and_serves_a_new_model(server, ser
     status, label = server.infer(NORMALS[0], output="image")
     assert status == 200
     assert np.asarray(Image.open(io.BytesIO(label))).shape == (64, 56)  # the input's rows x columns
+
+    before = server.model_path.stat().st_mtime_ns
+    task = _train(server, tiny)  # pretrained (the default) at the served model's img_size (the default)
+    assert task["status"] == "DONE", f"training ended {task['status']}:\n{server.log_tail()}"
+    assert f"Add Checkpoint Loader for Path: {server.model_path}" in server.log.read_text()
+    assert server.model_path.stat().st_mtime_ns != before
+    assert trained_img_size(server.model_path, default=0) == TRAIN_SIZE
