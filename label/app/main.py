@@ -14,7 +14,6 @@ docstrings say what MONAI Label's generic bundle tasks do and do not do for this
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 # radiograph files of a studies folder: MONAI Label's defaults (PNG, JPEG, NIfTI, ...) and DICOM

@@ -112,6 +112,9 @@ class AnomalyInferTask(BasicInferTask):
     # -------------------------------------------------------------------------------------------- bundle config
 
     def _read_config(self) -> ConfigParser:
+        """A new parser of ``inference.json``; the bundle's ``scripts`` are imported anew for it (as MONAI Label's
+        bundle tasks do, so that no other bundle's ``scripts`` package is used)."""
+        unload_module("scripts")
         parser = ConfigParser()
         parser.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
         parser.read_meta(os.path.join(self.bundle_path, "configs", "metadata.json"))
@@ -121,7 +124,6 @@ class AnomalyInferTask(BasicInferTask):
     def _bundle_content(self, config_id: str) -> Any:
         """A parsed (instantiated) item of ``inference.json``, with the bundle's ``scripts`` importable."""
         sys.path.insert(0, self.bundle_path)
-        unload_module("scripts")
         try:
             return self.bundle_config.get_parsed_content(config_id, instantiate=True)
         finally:
