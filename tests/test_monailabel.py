@@ -24,8 +24,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import itk
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -42,6 +44,7 @@ APP = REPO / "label" / "app"
 LABEL_PYTHON = Path(os.environ.get("CXR_LABEL_PYTHON") or REPO / ".venv-label" / "bin" / "python")
 MODEL = "cxr"
 SERVED_SIZE, TRAIN_SIZE = 64, 32  # img_size of the random model the tests serve, and of the REST training run
+DICOM_SPACING = (0.2, 0.15)  # row, column spacing (mm) of the detector, given to the copy of RG1_UNCR.dcm
 NORMALS, ABNORMALS = ("normal_0", "normal_1", "normal_2", "normal_3"), ("abnormal_0", "abnormal_1")
 START_TIMEOUT, REQUEST_TIMEOUT, TRAIN_TIMEOUT, STOP_TIMEOUT = 120, 120, 300, 20
 
@@ -58,7 +61,7 @@ def _label_python() -> Path:
             reason = f"{LABEL_PYTHON} cannot import monailabel: {probe.stderr.strip()[-500:]}"
     if reason is None:
         return LABEL_PYTHON
-    reason += " (install it as README.md 'MONAI Label' says, or set CXR_LABEL_PYTHON)"
+    reason += " (install it as README.md's 'MONAI Label (3D Slicer / OHIF)' says, or set CXR_LABEL_PYTHON)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -80,7 +83,9 @@ def _studies(root: Path) -> Path:
         _write_png(root / f"{name}.png", seed=i)
     for i, (name, finding) in enumerate(zip(ABNORMALS, ("nodule", "effusion"))):
         _write_png(root / f"{name}.png", seed=100 + i, finding=finding)
-    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), root / "RG1_UNCR.dcm")
+    dicom = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    dicom.ImagerPixelSpacing = list(DICOM_SPACING)  # it has none (PixelSpacing 0): the label must keep this one
+    dicom.save_as(root / "RG1_UNCR.dcm")
     (root / "broken.png").write_bytes(b"this is not an image")
     return root
 
@@ -290,7 +295,13 @@ def test_infer_equals_inference_json(server, served_model, label_python, tmp_pat
         else:
             label_file = tmp_path / f"{image_id}_label.nii.gz"
             label_file.write_bytes(label_bytes)
-            label = np.asarray(nib.load(label_file).dataobj)
+            label = np.asarray(nib.load(label_file).dataobj)[..., 0]  # columns x rows x 1, as ITK reads a DICOM
+            source_image, label_image = itk.imread(str(path)), itk.imread(str(label_file))
+            assert tuple(itk.spacing(source_image))[:2] == pytest.approx(DICOM_SPACING[::-1])
+            for geometry in (itk.spacing, itk.origin):  # the input's geometry, so that viewers overlay it
+                assert tuple(geometry(label_image)) == pytest.approx(tuple(geometry(source_image)))
+            np.testing.assert_allclose(itk.array_from_matrix(label_image.GetDirection()),
+                                       itk.array_from_matrix(source_image.GetDirection()))
         assert label.shape == expected.shape
         assert 0 < expected.sum() < expected.size  # both classes present: the comparison means something
         np.testing.assert_array_equal(label, expected)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer
@@ -72,7 +74,9 @@ class AnomalyInferTask(BasicInferTask):
 
     Result: the label image is ``anomaly_map >= map_threshold`` (1 = abnormal region, 0 elsewhere, ``uint8``) at
     the input's original size and orientation (rows and columns as the input is displayed); a PNG for PNG/JPEG
-    inputs, NIfTI for DICOM and NIfTI inputs (``result_extension`` in the request chooses another). The result
+    inputs, NIfTI for DICOM and NIfTI inputs (``result_extension`` in the request chooses another, e.g. Slicer's
+    ``.nrrd``). The label of a DICOM or NIfTI input has the input's geometry as ITK reads it (spacing, origin,
+    direction), so a viewer that places the input by it (Slicer) overlays the label on it. The result
     params hold ``anomaly_score`` (in [0, 1], higher = more abnormal), ``decision`` (``abnormal`` when
     ``anomaly_score >= threshold``, as ``configs/inference.json``'s CSV), ``threshold`` and ``score_kind``
     (stored with the model), ``map_threshold``, ``img_size`` and ``model_version``.
@@ -229,3 +233,32 @@ class AnomalyInferTask(BasicInferTask):
             data["result_extension"] = ".png" if suffix in _PNG_INPUTS else ".nii.gz"
         data["result_dtype"] = np.uint8
         return data
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        """MONAI Label's writer for PNG/JPEG inputs (their label has ITK's default geometry, as the input); for
+        other inputs the label file gets the input's spacing, origin and direction (:func:`write_with_geometry`)."""
+        source = str(data.get("image_path", ""))
+        if Path(source).suffix.lower() in _PNG_INPUTS:
+            return super().writer(data, extension, dtype)
+        label_file = tempfile.NamedTemporaryFile(suffix=data["result_extension"], delete=False).name
+        write_with_geometry(np.ascontiguousarray(data[self.output_label_key].T), source, label_file)
+        return label_file, data[self.output_json_key]
+
+
+def write_with_geometry(label: np.ndarray, source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Write a ``rows x columns`` label image to ``path`` with the spacing, origin and direction that ITK reads
+    from the header of ``source`` (a DICOM or NIfTI radiograph on the same pixel grid; ITK reads a single DICOM
+    as ``columns x rows x 1``, and the label then gets that third axis too)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    if tuple(size[:2]) != (label.shape[1], label.shape[0]) or any(s != 1 for s in size[2:]):
+        raise MONAILabelException(MONAILabelError.INFERENCE_ERROR,
+                                  f"{source}: ITK reads it as {size}, not as one {label.shape[1]} x {label.shape[0]} "
+                                  "image; its label cannot be given its geometry.")
+    image = sitk.GetImageFromArray(label.reshape((1,) * (len(size) - 2) + label.shape))
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    sitk.WriteImage(image, str(path), useCompression=True)
