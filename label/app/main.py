@@ -83,7 +83,8 @@ class CXRAnomalyApp(MONAILabelApp):
         ``detail`` says what is wrong (MONAI Label leaves them as a bare 500)."""
         image = request.get("image")
         store = datastore or self.datastore()
-        if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+        local = isinstance(store, LocalDatastore)  # a remote one answers for itself (and may download to look)
+        if local and isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
             raise HTTPException(status_code=404, detail=f"image '{image}' is not in the datastore {self.studies}: "
                                                         "GET /datastore/?output=all lists the image ids.")
         try:

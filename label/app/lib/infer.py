@@ -41,7 +41,7 @@ from monailabel.utils.others.class_utils import unload_module
 logger = logging.getLogger(__name__)
 
 LABEL_NAME = "abnormal"
-_PNG_INPUTS = (".png", ".jpg", ".jpeg")
+_RASTER_INPUTS = (".png", ".jpg", ".jpeg")
 
 
 def training_hint(model_name: str) -> str:
@@ -179,9 +179,8 @@ class AnomalyInferTask(BasicInferTask):
         return super().__call__(request, callbacks)
 
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
-        """The bundle's ``preprocessing``, stopping after the loader when the file could not be read."""
-        pre = list(self._bundle_content("preprocessing").transforms)
-        return [pre[0], RaiseOnLoadError(), *pre[1:]]
+        """The bundle's ``preprocessing``, then a stop when its loader could not read the file."""
+        return [*self._bundle_content("preprocessing").transforms, RaiseOnLoadError()]
 
     def inferer(self, data: Mapping[str, Any] | None = None) -> Inferer:
         return self._bundle_content("inferer")
@@ -230,7 +229,7 @@ class AnomalyInferTask(BasicInferTask):
         }
         if not data.get("result_extension"):
             suffix = Path(str(data.get("image_path", ""))).suffix.lower()
-            data["result_extension"] = ".png" if suffix in _PNG_INPUTS else ".nii.gz"
+            data["result_extension"] = ".png" if suffix in _RASTER_INPUTS else ".nii.gz"
         data["result_dtype"] = np.uint8
         return data
 
@@ -238,7 +237,7 @@ class AnomalyInferTask(BasicInferTask):
         """MONAI Label's writer for PNG/JPEG inputs (their label has ITK's default geometry, as the input); for
         other inputs the label file gets the input's spacing, origin and direction (:func:`write_with_geometry`)."""
         source = str(data.get("image_path", ""))
-        if Path(source).suffix.lower() in _PNG_INPUTS:
+        if Path(source).suffix.lower() in _RASTER_INPUTS:
             return super().writer(data, extension, dtype)
         label_file = tempfile.NamedTemporaryFile(suffix=data["result_extension"], delete=False).name
         write_with_geometry(np.ascontiguousarray(data[self.output_label_key].T), source, label_file)

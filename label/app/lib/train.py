@@ -14,7 +14,9 @@ where this bundle differs:
 - the checkpoints go to the folder the app's inference task reads (``ckpt_dir``), as a new run that replaces the
   previous one (``overwrite``), at the ``img_size`` of the request (default: the served model's, else 128);
 - fine-tuning from the served ``model.pt`` loads it into the bundle's ``detector`` (generator, discriminator,
-  statistics), the id that ``model.pt`` was saved from.
+  statistics), the id that ``model.pt`` was saved from;
+- a run is one process unless the request sets ``multi_gpu`` (MONAI Label's ``torchrun`` path over
+  ``multi_gpu_train.json`` has not been run with this bundle).
 """
 
 from __future__ import annotations
@@ -65,14 +67,15 @@ class NormalOnlyTrainTask(BundleTrainTask):
     def config(self) -> dict[str, Any]:
         options = super().config()
         options["model_filename"] = ["model.pt"]
+        options["multi_gpu"] = False  # MONAI Label's torchrun path has not been run with this bundle
         options["max_epochs"] = int(self.bundle_config.get("epochs"))
         options["img_size"] = self.served_img_size() or DEFAULT_IMG_SIZE
         options["batch_size"] = int(self.bundle_config.get("batch_size"))
         return options
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict:
-        self._request = dict(request)
-        return super().__call__(request, datastore)
+        self._request = {"multi_gpu": False, **request}  # one process unless a request asks for MONAI Label's torchrun
+        return super().__call__(self._request, datastore)
 
     def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
         """``[{"image": path, "label": 0 | 1}]`` of the images marked normal (0) or abnormal (1)."""
