@@ -189,18 +189,18 @@ class AnomalyInferTask(BasicInferTask):
         """Runs the detector on the ``1 x img_size x img_size`` image; ``data["pred"]`` becomes the decollated
         ``[anomaly_map (1 x img_size x img_size), score (0-d)]`` that the bundle's postprocessing splits."""
         network = self._get_network(device, data)
-        image = data[self.input_key]
-        with torch.no_grad():
-            anomaly_map, score = self.inferer(data)(image[None].to(torch.device(device)), network)
-        data[self.output_label_key] = [anomaly_map[0].cpu(), score[0].cpu()]
-        data["threshold"] = float(network.statistics.threshold)
-        data["score_kind"] = network.score_kind
         if not bool(network.statistics.ready):
             raise MONAILabelException(
                 MONAILabelError.INFERENCE_ERROR,
                 f"model file {self.ckpt_path} holds no measured score statistics (it was saved before they were "
                 f"measured or by an older version of this bundle): {training_hint(self.model_name)}.",
             )
+        image = data[self.input_key]
+        with torch.no_grad():
+            anomaly_map, score = self.inferer(data)(image[None].to(torch.device(device)), network)
+        data[self.output_label_key] = [anomaly_map[0].cpu(), score[0].cpu()]
+        data["threshold"] = float(network.statistics.threshold)
+        data["score_kind"] = network.score_kind
         return data
 
     def post_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
@@ -235,29 +235,37 @@ class AnomalyInferTask(BasicInferTask):
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
         """MONAI Label's writer for PNG/JPEG inputs (their label has ITK's default geometry, as the input); for
-        other inputs the label file gets the input's spacing, origin and direction (:func:`write_with_geometry`)."""
+        other inputs the label file gets the input's spacing, origin and direction (:func:`source_geometry`), or
+        MONAI Label's writer's default geometry, with a warning, when ITK cannot tell them."""
         source = str(data.get("image_path", ""))
-        if Path(source).suffix.lower() in _RASTER_INPUTS:
+        label = np.ascontiguousarray(data[self.output_label_key].T)  # rows x columns
+        geometry = None if Path(source).suffix.lower() in _RASTER_INPUTS else source_geometry(source, label.shape)
+        if geometry is None:
             return super().writer(data, extension, dtype)
+        size, spacing, origin, direction = geometry
+        image = sitk.GetImageFromArray(label.reshape((1,) * (len(size) - 2) + label.shape))
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
         label_file = tempfile.NamedTemporaryFile(suffix=data["result_extension"], delete=False).name
-        write_with_geometry(np.ascontiguousarray(data[self.output_label_key].T), source, label_file)
+        sitk.WriteImage(image, label_file, useCompression=True)
         return label_file, data[self.output_json_key]
 
 
-def write_with_geometry(label: np.ndarray, source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Write a ``rows x columns`` label image to ``path`` with the spacing, origin and direction that ITK reads
-    from the header of ``source`` (a DICOM or NIfTI radiograph on the same pixel grid; ITK reads a single DICOM
-    as ``columns x rows x 1``, and the label then gets that third axis too)."""
+def source_geometry(source: str | os.PathLike, shape: tuple[int, int]) -> tuple[tuple, ...] | None:
+    """``(size, spacing, origin, direction)`` that ITK reads from the header of the radiograph ``source`` whose
+    pixel grid is ``shape`` (rows x columns; ITK reads a single DICOM as ``columns x rows x 1``); ``None`` (with a
+    warning) when ITK cannot read the header or reads another grid."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(source))
-    reader.ReadImageInformation()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        logger.warning("%s: ITK cannot read its geometry (%s); its label gets the default geometry.", source, e)
+        return None
     size = reader.GetSize()
-    if tuple(size[:2]) != (label.shape[1], label.shape[0]) or any(s != 1 for s in size[2:]):
-        raise MONAILabelException(MONAILabelError.INFERENCE_ERROR,
-                                  f"{source}: ITK reads it as {size}, not as one {label.shape[1]} x {label.shape[0]} "
-                                  "image; its label cannot be given its geometry.")
-    image = sitk.GetImageFromArray(label.reshape((1,) * (len(size) - 2) + label.shape))
-    image.SetSpacing(reader.GetSpacing())
-    image.SetOrigin(reader.GetOrigin())
-    image.SetDirection(reader.GetDirection())
-    sitk.WriteImage(image, str(path), useCompression=True)
+    if tuple(size[:2]) != (shape[1], shape[0]) or any(s != 1 for s in size[2:]):
+        logger.warning("%s: ITK reads it as %s, not as one %d x %d image; its label gets the default geometry.",
+                       source, size, shape[1], shape[0])
+        return None
+    return size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
