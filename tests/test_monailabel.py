@@ -204,7 +204,8 @@ def inference_json(label_python: Path, images: list[Path], model: Path, out: Pat
     datalist.write_text(json.dumps({"test": [{"image": str(p)} for p in images]}))
     command = [str(label_python), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                "--input_dir", str(datalist), "--output_dir", str(out / "results"), "--ckpt_path", str(model),
-               "--map_suffix", ".nii", "--save_overlay", "false", "--save_dicom", "false", "--num_workers", "0"]
+               "--map_suffix", ".nii", "--save_overlay", "false", "--save_dicom", "false", "--num_workers", "0",
+               "--batch_size", "1"]  # one image a batch, as the server scores: the same kernels, the same sums
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "results" / "anomaly_scores.csv", newline="") as f:
