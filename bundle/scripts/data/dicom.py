@@ -39,6 +39,7 @@ from .formats import (
     LimitedReader,
     RadiographLoadError,
     finish_unit,
+    inflate_bounded,
     luma,
     range_unit,
     read_bounded,
@@ -351,18 +352,7 @@ class DicomRadiographReader(LimitedReader, ImageReader):
             raise RadiographLoadError(
                 path, "deflated transfer syntax with a malformed file meta information group", "the file is corrupt"
             )
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            inflater.decompress(raw[start:], self.limits.max_file_bytes)
-        except zlib.error as exc:
-            reason = f"deflated dataset cannot be inflated ({exc})"
-            raise RadiographLoadError(path, reason, "the file is corrupt") from exc
-        if inflater.unconsumed_tail:
-            raise RadiographLoadError(
-                path,
-                f"deflated dataset inflates beyond {self.limits.max_file_bytes} bytes",
-                "raise max_pixels if this is a genuine radiograph",
-            )
+        inflate_bounded(path, raw[start:], -zlib.MAX_WBITS, self.limits, "deflated dataset")
 
     @staticmethod
     def _transfer_syntax(path: Path, ds: Dataset) -> UID:

@@ -27,6 +27,7 @@ __all__ = [
     "GZIP_SIGNATURE",
     "ITK_SUFFIXES",
     "ImageLimits",
+    "inflate_bounded",
     "LimitedReader",
     "RadiographLoadError",
     "SUPPORTED_SUFFIXES",
@@ -176,6 +177,25 @@ class LimitedReader:
     ) -> None:
         super().__init__(**reader_kwargs)
         self.limits = ImageLimits(max_pixels, min_side, max_aspect_ratio)
+
+
+def inflate_bounded(path: PathLike, data: bytes, wbits: int, limits: ImageLimits, what: str) -> bytes:
+    """Inflate ``data`` (``wbits`` as for ``zlib.decompressobj``: raw deflate, zlib or gzip), refusing more than
+    ``limits.max_file_bytes`` of output (a zip bomb) with an error that names ``what`` was inflated.
+
+    Raises:
+        RadiographLoadError: the data is corrupt or inflates beyond the bound.
+    """
+    inflater = zlib.decompressobj(wbits)
+    try:
+        content = inflater.decompress(data, limits.max_file_bytes)
+    except zlib.error as exc:
+        reason = f"{what} cannot be inflated ({exc})"
+        raise RadiographLoadError(path, reason, "the file is truncated or corrupt") from exc
+    if inflater.unconsumed_tail:
+        raise RadiographLoadError(path, f"{what} inflates beyond the {limits.max_file_bytes} bytes allowed",
+                                  "raise max_pixels if this is a genuine radiograph")
+    return content
 
 
 def single_path(data: Sequence[PathLike] | PathLike, reader: str) -> Path:

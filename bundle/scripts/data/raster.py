@@ -22,6 +22,7 @@ from .formats import (
     LimitedReader,
     RadiographLoadError,
     finish_unit,
+    inflate_bounded,
     luma,
     read_bounded,
     reader_meta,
@@ -175,7 +176,7 @@ class NibabelRadiographReader(LimitedReader, NibabelReader):
         path = single_path(data, type(self).__name__)
         raw = read_bounded(path, self.limits)
         if raw.startswith(GZIP_SIGNATURE):
-            raw = self._gunzip(path, raw)
+            raw = inflate_bounded(path, raw, 16 + zlib.MAX_WBITS, self.limits, "gzip content")  # in memory, bounded
         self.filenames = (path,)  # NibabelReader.get_data pairs images with these
         try:
             image_class = nib.Nifti2Image if raw[4:8] == b"n+2\x00" else nib.Nifti1Image
@@ -198,21 +199,6 @@ class NibabelRadiographReader(LimitedReader, NibabelReader):
         self.limits.check(path, rows=plane[1], cols=plane[0])
         return image
 
-    def _gunzip(self, path: Path, raw: bytes) -> bytes:
-        """Decompress a ``.nii.gz`` in memory, refusing more than ``max_file_bytes`` of output."""
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip container
-        try:
-            content = inflater.decompress(raw, self.limits.max_file_bytes)
-        except zlib.error as exc:
-            reason = f"gzip data is corrupt ({exc})"
-            raise RadiographLoadError(path, reason, "the file is truncated or corrupt") from exc
-        if inflater.unconsumed_tail:
-            raise RadiographLoadError(
-                path,
-                f"gzip content is larger than the {self.limits.max_file_bytes} bytes allowed",
-                "raise max_pixels if this is a genuine radiograph",
-            )
-        return content
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Read the voxels: ``(H x W float32 in [0, 1], meta)``.
