@@ -9,7 +9,8 @@ for the per-pixel z-score the reconstruction score is built from.
 
 Usage (from the repository root)::
 
-    python benchmarks/lesion_copy.py --model bundle/models/model.pt [--pairs 20] [--seed 123] [--json out.json]
+    python benchmarks/lesion_copy.py --model bundle/models/model.pt [--pairs 20] [--seed 123] [--json out.json] \
+        [--overrides '{"ops": ["none", "none", "none", "none"]}']
 
 The network is built with ``inference.json``'s settings at the model file's ``img_size``; images are prepared as the
 bundle prepares a PNG (8-bit, then area-resized to ``img_size``).
@@ -36,11 +37,12 @@ from scripts.checkpoint import load_checkpoint, trained_img_size  # noqa: E402
 from scripts.data.phantom import FINDINGS, render_radiograph, sample_finding, sample_patient  # noqa: E402
 
 
-def build_detector(model: Path) -> torch.nn.Module:
-    """``inference.json``'s detector at the model's ``img_size``, with the model's weights, in eval mode."""
+def build_detector(model: Path, overrides: dict) -> torch.nn.Module:
+    """``inference.json``'s detector at the model's ``img_size`` (and ``overrides``, the network settings the model was
+    trained with where they are not the defaults), with the model's weights, in eval mode."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle" / "configs" / "inference.json"))
-    parser.update({"ckpt_path": str(model), "img_size": trained_img_size(model, default=128)})
+    parser.update({"ckpt_path": str(model), "img_size": trained_img_size(model, default=128), **overrides})
     detector = parser.get_parsed_content("network_def")
     detector.load_state_dict(load_checkpoint(model))
     return detector.eval()
@@ -79,9 +81,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20, help="phantom pairs per finding kind")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help='network settings of the model as JSON, e.g. \'{"ops": ["none", "none", "none", "none"]}\'')
     args = parser.parse_args()
     torch.set_num_threads(2)
-    detector = build_detector(args.model)
+    detector = build_detector(args.model, args.overrides)
     size = int(detector.statistics.pixel_mean.shape[-1])
     rng = np.random.default_rng(args.seed)
     summary: dict[str, dict[str, float]] = {}
