@@ -5,12 +5,12 @@ Layout under ``root``::
     train/normal_256/normal_NNNN.{png,dcm}               n_train normals
     {val,test}/{normal_256,pneumonia_256}/*.{png,dcm}    normals and abnormals
     masks/<split>/abnormal_NNNN.png                      mask of each abnormal image (0 / 255)
-    masks/empty.png                                      the (empty) mask every normal val/test item points to
     datalist.json                                        {"training", "validation", "test"}: image, label, kind, mask
     findings.csv                                         split,file,label,finding (as the built-in set's)
     contact_sheet.png                                    test normals and each kind with its mask outline
     .second_set.json                                     parameters and image count; written last
 
+Normal items have no ``mask`` key (their mask is empty; a constant file would be refused by the bundle's reader).
 Abnormal images of a split cycle through :data:`~.findings.KINDS`. Image ``i`` of a split is drawn from
 ``numpy.random.default_rng([seed, 2, split, i, abnormal])`` and its file format from a second stream, so an
 image does not depend on the counts nor on whether it is stored as PNG or DICOM.
@@ -111,7 +111,6 @@ def write_second_set(
         elif target.exists():
             target.unlink()
     (root / "masks").mkdir()
-    save_png(np.zeros((size, size)), root / "masks" / "empty.png")
     counts = {"train": (n_train, 0), "val": (n_val_normal, n_val_abnormal), "test": (n_test_normal, n_test_abnormal)}
     datalist: dict[str, list[dict]] = {name: [] for name in _DATALIST_SPLITS.values()}
     manifest = []
@@ -138,8 +137,6 @@ def write_second_set(
                 (root / "masks" / split).mkdir(exist_ok=True)
                 save_png(mask, root / "masks" / split / f"{stem}.png")
                 item["mask"] = f"masks/{split}/{stem}.png"
-            elif split != "train":
-                item["mask"] = "masks/empty.png"
             datalist[_DATALIST_SPLITS[split]].append(item)
             manifest.append((split, item["image"], int(abnormal), kind or "normal"))
             if split == "test" and len(sheet[kind or "normal"]) < sheet_columns:

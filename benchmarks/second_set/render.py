@@ -50,7 +50,7 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
         return float(rng.uniform(low, high))
 
     has_grid = rng.uniform() < 0.45
-    margins = tuple(uni(0.0, 0.07) if rng.uniform() < 0.35 else 0.0 for _ in range(4))
+    margins = tuple(uni(0.0, 0.07) if rng.uniform() < 0.2 else 0.0 for _ in range(4))
     return Acquisition(
         mu=uni(1.9, 2.6),
         photons=float(np.exp(rng.uniform(np.log(700.0), np.log(5000.0)))),
@@ -63,7 +63,7 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
         window=(uni(-0.04, 0.10), uni(1.20, 1.45)),
         gamma=uni(0.75, 1.35),
         brightness=uni(-0.06, 0.06),
-        rib_density=uni(0.10, 0.16),
+        rib_density=uni(0.08, 0.13),
         noise_seed=int(rng.integers(0, 2**31 - 1)),
     )
 
@@ -76,7 +76,7 @@ def _attenuation(a: Anatomy, grid: Grid, finding: Finding | None, rib_density: f
     lungs = fields["lung_left"] + fields["lung_right"]
     layers = Layers(
         air=fields["lung_left"] * fields["lung_depth_left"] + fields["lung_right"] * fields["lung_depth_right"],
-        markings=0.16 * vessel_trees(a, grid, rng) + 0.018 * power_noise(rng, grid.size, 2.4, low_cut=4.0),
+        markings=0.12 * vessel_trees(a, grid, rng) + 0.018 * power_noise(rng, grid.size, 2.4, low_cut=4.0),
         extra=np.zeros_like(u),
     )
     mask = np.zeros(u.shape, bool)
