@@ -139,7 +139,8 @@ def train(model: ConvAutoencoder, images: np.ndarray, minutes: float, batch_size
         epochs += 1
         if epochs % 10 == 1:
             logger.info("epoch %d: %d steps, loss %.4f, %.0f s", epochs, steps, loss, time.time() - start)
-    return {"steps": steps, "epochs_started": epochs, "final_loss": loss, "train_seconds": round(time.time() - start, 1)}
+    seconds = round(time.time() - start, 1)
+    return {"steps": steps, "epochs_started": epochs, "final_loss": loss, "train_seconds": seconds}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from benchmarks.second_set.render import render, sample_acquisition  # noqa: E40
 from scripts.datalist import find_datalist  # noqa: E402
 from scripts.io import LoadRadiograph  # noqa: E402
 
-SMALL = dict(n_train=3, n_val_normal=1, n_val_abnormal=2, n_test_normal=2, n_test_abnormal=6, size=48)
+SMALL = {"n_train": 3, "n_val_normal": 1, "n_val_abnormal": 2, "n_test_normal": 2, "n_test_abnormal": 6, "size": 48}
 LUNG_KINDS = ("nodule", "consolidation", "effusion", "pneumothorax")
 
 

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["NORMAL_CTR", "Anatomy", "Grid", "sample_anatomy", "lung_borders", "anatomy_fields", "body_half_width", "rib_layer"]
+__all__ = [
+    "NORMAL_CTR",
+    "Anatomy",
+    "Grid",
+    "anatomy_fields",
+    "body_half_width",
+    "lung_borders",
+    "rib_layer",
+    "sample_anatomy",
+]
 
 NORMAL_CTR: tuple[float, float] = (0.40, 0.50)
 

@@ -94,7 +94,8 @@ def write_second_set(
     second set there is replaced.
     """
     root = Path(root)
-    if root.exists() and any(root.iterdir()) and not (root / _MARKER).exists() and not (root / "datalist.json").exists():
+    ours = (root / _MARKER).exists() or (root / "datalist.json").exists()
+    if root.exists() and any(root.iterdir()) and not ours:
         raise FileExistsError(f"{root} is not empty and holds no second synthetic set; choose an empty or new folder.")
     if not 0.0 <= dicom_fraction <= 1.0:
         raise ValueError(f"dicom_fraction must be in [0, 1], got {dicom_fraction}.")

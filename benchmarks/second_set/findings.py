@@ -27,7 +27,7 @@ import numpy as np
 from .anatomy import Anatomy, Grid, anatomy_fields, lung_borders
 from .texture import branch_segments, power_noise
 
-__all__ = ["KINDS", "CARDIOMEGALY_CTR", "Finding", "Layers", "sample_finding", "apply_finding"]
+__all__ = ["CARDIOMEGALY_CTR", "KINDS", "Finding", "Layers", "apply_finding", "heart_widths", "sample_finding"]
 
 KINDS: tuple[str, ...] = ("nodule", "consolidation", "effusion", "pneumothorax", "cardiomegaly", "collapse")
 CARDIOMEGALY_CTR: tuple[float, float] = (0.56, 0.66)
@@ -59,7 +59,9 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
-def _lung_points(rng: np.random.Generator, a: Anatomy, side: int, margin: float, count: int) -> list[tuple[float, float]]:
+def _lung_points(
+    rng: np.random.Generator, a: Anatomy, side: int, margin: float, count: int
+) -> list[tuple[float, float]]:
     """``count`` points drawn uniformly in the lung field of ``side``, at least ``margin`` inside its border."""
     grid = Grid(a, 96)
     lung = anatomy_fields(a, grid)["lung_right" if side > 0 else "lung_left"] > 0.99
@@ -186,7 +188,8 @@ def apply_finding(
         layers.trachea_shift = 0.035 * finding.side
     else:
         base_u = 0.6 * a.lung_width[i]
-        edge_u = hilum_u - 0.04 + (base_u - hilum_u + 0.04) * np.clip((v - hilum_v) / (a.costophrenic[i] - a.dome_height[i] - hilum_v), 0, 1)
+        dome_top = a.costophrenic[i] - a.dome_height[i]
+        edge_u = hilum_u - 0.04 + (base_u - hilum_u + 0.04) * np.clip((v - hilum_v) / (dome_top - hilum_v), 0, 1)
         lobe = np.clip((edge_u - su) / edge + 0.5, 0.0, 1.0) * (v > hilum_v) * (su > 0.03)
     region = lobe * thorax * (1.0 - fields["below"])
     layers.extra += q["density"] * region * (0.8 + 0.2 * lung)

@@ -70,7 +70,7 @@ def vessel_trees(a: Anatomy, grid: Grid, rng: np.random.Generator) -> np.ndarray
             angle = direction if side > 0 else np.pi - direction
             for u0, v0, u1, v1, wd in branch_segments(rng, hilum, angle, 0.13, 0.022, 5):
                 ends = grid.to_pixels(np.array([[u0, v0], [u1, v1]]), factor)
-                draw.line([tuple(ends[0]), tuple(ends[1])], fill=255, width=max(1, int(round(wd * px_per_unit))))
+                draw.line([tuple(ends[0]), tuple(ends[1])], fill=255, width=max(1, round(wd * px_per_unit)))
     blurred = canvas.filter(ImageFilter.GaussianBlur(radius=factor * 0.8))
     small = np.asarray(blurred.resize((grid.size, grid.size), Image.BOX), dtype=np.float32) / 255.0
     distance = np.minimum(*[np.hypot(grid.u - h[0], grid.v - h[1]) for h in hila])
