@@ -217,8 +217,8 @@ def _diaphragm(a: Anatomy, u: np.ndarray, side: int) -> np.ndarray:
 
 def body_half_width(a: Anatomy, v: np.ndarray) -> np.ndarray:
     """Half-width of the body outline at height ``v``: neck, sloping shoulders, chest wall, flank."""
-    shoulder = np.clip((v - a.shoulder_level) / 0.22, 0.0, 1.0)
-    width = a.neck_width + (a.body_width - a.neck_width) * np.sqrt(shoulder)
+    shoulder = np.clip((v - a.shoulder_level) / 0.3, 0.0, 1.0)
+    width = a.neck_width + (a.body_width - a.neck_width) * np.sin(0.5 * np.pi * shoulder) ** 0.6
     return (width - 0.04 * np.clip(v - 0.5, 0.0, None)).astype(np.float32)
 
 
@@ -227,7 +227,7 @@ def anatomy_fields(a: Anatomy, grid: Grid, heart_widths: tuple[float, float] | N
 
     Keys: ``body``, ``lung_left`` / ``lung_right`` (image sides), ``lung_depth_left`` / ``_right`` (air
     thickness, 1 centrally, less at the rim), ``heart``, ``mediastinum``, ``below`` (under the
-    hemidiaphragms), ``thorax`` (inside the rib cage above the diaphragm), and the signed horizontal
+    hemidiaphragms, inside the chest wall), ``thorax`` (inside the rib cage above the diaphragm), and the signed horizontal
     distances ``lateral_left`` / ``_right`` to the lateral lung borders (positive inside).
     ``heart_widths`` overrides the heart's half-widths (cardiomegaly).
     """
@@ -248,7 +248,8 @@ def anatomy_fields(a: Anatomy, grid: Grid, heart_widths: tuple[float, float] | N
         out[f"lung_{name}"] = lung
         out[f"lateral_{name}"] = lateral
         out[f"lung_depth_{name}"] = (0.72 + 0.28 * np.clip(inside / 0.12, 0.0, 1.0)).astype(np.float32)
-        below = np.maximum(below, _soft(v - dia, 2 * edge) * (su >= 0))
+        inner = np.clip((b["lateral"] + 0.06 - su) / 0.1, 0.0, 1.0)  # abdomen inside the chest wall
+        below = np.maximum(below, _soft(v - dia, 2 * edge) * inner * (su >= 0))
         cage = np.minimum.reduce([b["lateral"] + 0.03 - su, dia - v, v - a.apex_level[i] + 0.03])
         thorax = np.maximum(thorax, _soft(cage, edge) * (su >= 0))
     out["below"] = below

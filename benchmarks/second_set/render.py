@@ -91,9 +91,8 @@ def _attenuation(a: Anatomy, grid: Grid, finding: Finding | None, rib_density: f
         profile
         - 0.60 * layers.air
         + lungs * layers.markings
-        + 0.12 * heart
+        + 0.12 * np.maximum(heart, fields["below"] * body)
         + 0.10 * fields["mediastinum"]
-        + 0.05 * fields["below"] * body
         + 0.12 * bones["spine"] * body
         + rib_density * bones["ribs"] * (1.0 - 0.6 * fields["below"]) * body
         + 0.18 * bones["clavicles"] * body
