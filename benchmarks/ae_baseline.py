@@ -133,7 +133,7 @@ def train(model: ConvAutoencoder, images: np.ndarray, minutes: float, batch_size
             optimiser.zero_grad()
             value.backward()
             optimiser.step()
-            steps, loss = steps + 1, float(value)
+            steps, loss = steps + 1, value.item()
             if time.time() - start >= minutes * 60:
                 break
         epochs += 1

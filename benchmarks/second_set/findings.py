@@ -2,7 +2,7 @@
 
 Kinds (:data:`KINDS`), drawn differently from the built-in set:
 
-- ``nodule``: one to three spherical soft-tissue nodules with a wavy outline, each 0.045-0.085 in radius;
+- ``nodule``: one to three spherical soft-tissue nodules with a wavy outline, each 0.05-0.10 in radius;
 - ``consolidation``: a fluffy airspace opacity (a Gaussian blob broken up by ``1/f**3`` noise, cut by the
   lung border) with dark air bronchograms, markings silhouetted inside;
 - ``effusion``: fluid at one base under a meniscus that climbs the lateral chest wall; it displaces lung
@@ -84,16 +84,16 @@ def sample_finding(rng: np.random.Generator, a: Anatomy, kind: str) -> Finding:
     seed = int(rng.integers(0, 2**31 - 1))
     if kind == "nodule":
         count = int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2)))
-        radii = rng.uniform(0.045, 0.085, count)
+        radii = rng.uniform(0.05, 0.10, count)
         nodules = []
         for r in radii:
             s = int(rng.choice((-1, 1)))
             (u, v), = _lung_points(rng, a, s, 1.2 * r, 1)
-            nodules.append((u, v, float(r), float(rng.uniform(0.18, 0.32)), float(rng.uniform(0, 2 * np.pi))))
+            nodules.append((u, v, float(r), float(rng.uniform(0.22, 0.36)), float(rng.uniform(0, 2 * np.pi))))
         params = {"nodules": nodules}
     elif kind == "consolidation":
         (u, v), = _lung_points(rng, a, side, 0.06, 1)
-        params = {"u": u, "v": v, "radius": float(rng.uniform(0.13, 0.22)), "density": float(rng.uniform(0.20, 0.34))}
+        params = {"u": u, "v": v, "radius": float(rng.uniform(0.13, 0.22)), "density": float(rng.uniform(0.24, 0.38))}
     elif kind == "effusion":
         params = {
             "height": float(rng.uniform(0.30, 0.50)),
@@ -101,7 +101,7 @@ def sample_finding(rng: np.random.Generator, a: Anatomy, kind: str) -> Finding:
             "displaced": float(rng.uniform(0.6, 0.9)),
         }
     elif kind == "pneumothorax":
-        params = {"gap": float(rng.uniform(0.09, 0.18)), "extra_air": float(rng.uniform(0.08, 0.14))}
+        params = {"gap": float(rng.uniform(0.10, 0.20)), "extra_air": float(rng.uniform(0.10, 0.16))}
     elif kind == "cardiomegaly":
         params = {"ctr": float(rng.uniform(*CARDIOMEGALY_CTR)), "height": float(rng.uniform(1.0, 1.12))}
     else:

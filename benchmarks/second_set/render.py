@@ -50,7 +50,7 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
         return float(rng.uniform(low, high))
 
     has_grid = rng.uniform() < 0.45
-    margins = tuple(uni(0.0, 0.07) if rng.uniform() < 0.2 else 0.0 for _ in range(4))
+    margins = tuple(uni(0.0, 0.07) if rng.uniform() < 0.1 else 0.0 for _ in range(4))
     return Acquisition(
         mu=uni(1.9, 2.6),
         photons=float(np.exp(rng.uniform(np.log(700.0), np.log(5000.0)))),
