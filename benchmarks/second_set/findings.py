@@ -77,7 +77,13 @@ def _lung_points(
 
 
 def sample_finding(rng: np.random.Generator, a: Anatomy, kind: str) -> Finding:
-    """Draw a finding of ``kind`` (one of :data:`KINDS`) for the patient ``a``."""
+    """Draw a finding of ``kind`` (one of :data:`KINDS`) for the patient ``a``.
+
+    ``params`` per kind: nodule ``nodules`` (a list of ``(u, v, radius, density, phase)``, each on its own
+    side); consolidation ``u, v, radius, density``; effusion ``height`` (fraction of the lung height),
+    ``meniscus``, ``displaced`` (fraction of the air the fluid replaces); pneumothorax ``gap``, ``extra_air``;
+    cardiomegaly ``ctr``; collapse ``lobe`` (``"upper"`` or ``"lower"``), ``density``.
+    """
     if kind not in KINDS:
         raise ValueError(f"Unknown finding kind {kind!r}; expected one of {KINDS}.")
     side = int(rng.choice((-1, 1)))
@@ -103,7 +109,7 @@ def sample_finding(rng: np.random.Generator, a: Anatomy, kind: str) -> Finding:
     elif kind == "pneumothorax":
         params = {"gap": float(rng.uniform(0.10, 0.20)), "extra_air": float(rng.uniform(0.10, 0.16))}
     elif kind == "cardiomegaly":
-        params = {"ctr": float(rng.uniform(*CARDIOMEGALY_CTR)), "height": float(rng.uniform(1.0, 1.12))}
+        params = {"ctr": float(rng.uniform(*CARDIOMEGALY_CTR))}
     else:
         params = {"lobe": str(rng.choice(("upper", "lower"))), "density": float(rng.uniform(0.25, 0.40))}
     return Finding(kind=kind, side=side, params=params, seed=seed)
