@@ -82,6 +82,19 @@ def test_layout_and_datalist_read_by_the_bundle(small_set: Path, tmp_path: Path)
     assert names == {s: [Path(i["image"]).name for i in items] for s, items in splits.items()}
 
 
+def test_ae_baseline_takes_kinds_and_masks_from_the_datalist(small_set: Path) -> None:
+    from benchmarks.ae_baseline import annotations, load_masks
+
+    notes = annotations(small_set)
+    test = find_datalist(small_set)["test"]
+    kinds = [notes[item["image"]][0] for item in test]
+    assert kinds == ["normal", "normal", *KINDS]
+    masks = [notes[item["image"]][1] for item in test]
+    assert masks[:2] == [None, None] and all(Path(m).is_file() for m in masks[2:])
+    loaded = load_masks(masks[2:], 48)
+    assert loaded.shape == (6, 48, 48) and loaded.any(axis=(1, 2)).all()
+
+
 def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
