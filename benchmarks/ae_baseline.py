@@ -4,8 +4,8 @@ A small convolutional autoencoder (stride-2 convolutions 64 -> 8 pixels, a 128-n
 mirror-image decoder) is trained on the normal training images at ``--size`` (64) with MSE + SSIM
 (``monai.losses.SSIMLoss``) for a fixed wall time (``--minutes``), then scores each test image by the mean
 squared error of its reconstruction. Printed, overall and per finding kind: the image AUC with its 95 %
-stratified-bootstrap interval, the PCA floor's (80 components, ``scripts.pca_floor``) on the same images and
-the paired difference AE - PCA (``scripts.metrics.paired_auc_difference``), the AUC of the mean intensity (a
+stratified-bootstrap interval, the PCA floor's (80 components, ``benchmarks.pca_floor``) on the same images and
+the paired difference AE - PCA (``benchmarks.quality_stats.paired_auc_difference``), the AUC of the mean intensity (a
 trivial score no finding should be detectable by); with masks, the pixel AUROC of
 ``|x - recon|`` against them (all test pixels; per kind: that kind's images and the normals).
 
@@ -13,10 +13,10 @@ Usage (from the repository root)::
 
     python benchmarks/ae_baseline.py --dataset_dir DIR [--minutes 8] [--threads 2] [--json out.json]
 
-``DIR`` is anything the bundle reads (``scripts.datalist.find_datalist``). Finding kinds and masks come from a
+``DIR`` is anything the bundle reads (``scripts.data.datalist.find_datalist``). Finding kinds and masks come from a
 datalist's ``kind`` and ``mask`` keys (the second synthetic set, ``benchmarks/second_set``) or from the built-in
 set's ``findings.csv``; otherwise every abnormal image counts as ``abnormal`` and no pixel AUROC is given.
-Images are loaded as the bundle loads them (``scripts.io.LoadRadiograph``) and resized with anti-aliasing.
+Images are loaded as the bundle loads them (``scripts.data.transforms.LoadRadiograph``) and resized with anti-aliasing.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ from PIL import Image
 from torch import nn
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path[:0] = [str(BUNDLE), str(BUNDLE.parent)]  # scripts.* and benchmarks.*
 
-from scripts.datalist import find_datalist  # noqa: E402
-from scripts.io import LoadRadiograph  # noqa: E402
-from scripts.metrics import auc_or_nan, finding_subsets, paired_auc_difference  # noqa: E402
-from scripts.pca_floor import pca_scores, to_feature_matrix  # noqa: E402
-from scripts.synthetic import read_manifest  # noqa: E402
+from benchmarks.pca_floor import pca_scores, to_feature_matrix  # noqa: E402
+from benchmarks.quality_stats import paired_auc_difference  # noqa: E402
+from scripts.data.datalist import find_datalist  # noqa: E402
+from scripts.data.synthetic import read_manifest  # noqa: E402
+from scripts.data.transforms import LoadRadiograph  # noqa: E402
+from scripts.metrics import auc_or_nan, finding_subsets  # noqa: E402
 
 logger = logging.getLogger("ae_baseline")
 

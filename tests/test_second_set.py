@@ -22,8 +22,8 @@ from benchmarks.second_set.dataset import draw_image, write_second_set  # noqa: 
 from benchmarks.second_set.files import DicomStyle, save_dicom, save_png  # noqa: E402
 from benchmarks.second_set.findings import CARDIOMEGALY_CTR, KINDS, heart_widths, sample_finding  # noqa: E402
 from benchmarks.second_set.render import render, sample_acquisition  # noqa: E402
-from scripts.datalist import find_datalist  # noqa: E402
-from scripts.io import LoadRadiograph  # noqa: E402
+from scripts.data.datalist import find_datalist  # noqa: E402
+from scripts.data.transforms import LoadRadiograph  # noqa: E402
 
 SMALL = {"n_train": 3, "n_val_normal": 1, "n_val_abnormal": 2, "n_test_normal": 2, "n_test_abnormal": 6, "size": 48}
 LUNG_KINDS = ("nodule", "consolidation", "effusion", "pneumothorax")
