@@ -1,4 +1,5 @@
-"""Image-level detection metrics: AUC and the operating point at the best-accuracy threshold."""
+"""Detection metrics: the image-level AUC (with its bootstrap interval, overall and per finding kind), the operating
+point at the best-accuracy threshold, and the pixel-level AUROC of anomaly maps against lesion masks."""
 
 from __future__ import annotations
 
