@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--overrides", type=json.loads, default={},
-                        help='network settings of the model as JSON, e.g. \'{"ops": ["none", "none", "none", "none"]}\'')
+                        help="network settings of the model as JSON, e.g. '{\"ops\": [\"none\", \"concat\", ...]}'")
     args = parser.parse_args()
     torch.set_num_threads(2)
     detector = build_detector(args.model, args.overrides)
@@ -94,7 +94,8 @@ def main() -> None:
         summary[kind] = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_line = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "")
-    print(f"model {args.model} (img_size {size}), {args.pairs} pairs per kind, medians; {platform.machine()} {model_line}")
+    print(f"model {args.model} (img_size {size}), {args.pairs} pairs per kind, medians; "
+          f"{platform.machine()} {model_line}")
     print(f"{'kind':15s} {'copied':>8s} {'|x-G(x)| in/out':>16s} {'|z| in/out':>11s} {'lesion rms':>11s}")
     for kind, m in summary.items():
         print(f"{kind:15s} {m['copied_fraction']:8.2f} {m['residual_contrast']:16.2f} {m['z_contrast']:11.2f} "

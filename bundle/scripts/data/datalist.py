@@ -36,7 +36,9 @@ from monai.data import load_decathlon_datalist
 
 from .formats import is_supported_file
 
-__all__ = ["DATALIST_NAME", "DatasetError", "FolderLayout", "LAYOUTS", "SPLITS", "is_image_file", "find_datalist", "write_datalist"]
+__all__ = [
+    "DATALIST_NAME", "DatasetError", "FolderLayout", "LAYOUTS", "SPLITS", "is_image_file", "find_datalist", "write_datalist",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -87,8 +87,8 @@ def write_synthetic_dataset(
     only), masks of the abnormal images as ``root/masks/<split>/<name>.png`` and the manifest
     ``root/findings.csv`` (columns ``split,file,label,finding``; ``file`` relative to ``root``; finding
     ``normal`` for normals), and the same as ``root/datalist.json`` (what :func:`scripts.data.datalist.find_datalist`
-    reads: labels, ``kind`` and the abnormal images' ``mask``).  Image ``i`` of a split is drawn from ``default_rng([seed, split, i, abnormal])``,
-    so each image is independent of the others and of the counts.
+    reads: labels, ``kind`` and the abnormal images' ``mask``).  Image ``i`` of a split is drawn from
+    ``default_rng([seed, split, i, abnormal])``, so each image is independent of the others and of the counts.
 
     ``root/.synthetic_incomplete.json`` is written first and replaced by ``root/.synthetic_complete.json``
     last, so an interrupted write is recognised (:func:`ensure_synthetic_dataset` redoes it).  Refuses to
