@@ -320,19 +320,19 @@ class EvaluationReport(ScoreCollector):
 
     def _add_per_finding(self, metrics: dict[str, Any]) -> None:
         """Each score's AUC (and interval) of the normal images against each finding kind, when rows have kinds."""
-        rows = [r for r in self.rows if r["label"] in (0, 1)]
-        kinds = [r["kind"] for r in rows]
-        if not any(kind for kind, r in zip(kinds, rows) if r["label"] == 1):
+        kinds = [r["kind"] for r in self.rows if r["label"] in (0, 1)]  # the rows of scores(), in their order
+        _, labels = self.scores(SCORE_KINDS[0])
+        if not any(kind for kind, y in zip(kinds, labels) if y == 1):
             return
-        labels = np.array([r["label"] for r in rows])
+        subsets = {kind: s for kind, s in finding_subsets(labels, kinds).items() if kind != "overall"}
         for score in SCORE_KINDS:
             if score not in metrics:
                 continue
-            values = np.array([r[f"score_{score}"] for r in rows])
+            values, _ = self.scores(score)
             metrics[score]["per_finding"] = {
                 kind: {"auc": auc_or_nan(values[keep], y), "auc_ci95": list(auc_confidence_interval(values[keep], y)),
                        "num_abnormal": int(y.sum())}
-                for kind, (keep, y) in finding_subsets(labels, kinds).items() if kind != "overall"
+                for kind, (keep, y) in subsets.items()
             }
 
     def _write_csv(self, threshold: float, kind: str) -> None:
