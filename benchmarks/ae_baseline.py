@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -84,24 +83,15 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.from_latent(z).view(-1, *self.grid))
 
 
-def annotations(dataset_dir: Path) -> dict[str, tuple[str, str | None]]:
-    """``{absolute image path: (kind, absolute mask path or None)}`` from a datalist's ``kind``/``mask`` keys or
-    the built-in set's ``findings.csv``; empty when the dataset has neither."""
-    datalist = dataset_dir if dataset_dir.is_file() else dataset_dir / "datalist.json"
-    if datalist.is_file():
-        base = datalist.parent.absolute()
-        data = json.loads(datalist.read_text())
-        out = {}
-        for split in ("training", "validation", "test"):
-            for item in data.get(split) or []:
-                if "kind" in item or "mask" in item:
-                    mask = item.get("mask")
-                    kind = item.get("kind", "abnormal" if item.get("label") else "normal")
-                    out[os.path.abspath(base / item["image"])] = (kind, os.path.abspath(base / mask) if mask else None)
-        return out
-    if (dataset_dir / "findings.csv").is_file():
-        return {row["image"]: (row["finding"], row["mask"]) for row in read_manifest(dataset_dir)}
-    return {}
+def annotate_test_split(dataset_dir: Path, test: list[dict]) -> list[tuple[str, str | None]]:
+    """Per test item, ``(finding kind, absolute mask path or None)``: the ``kind``/``mask`` of its datalist item
+    (:func:`scripts.data.datalist.find_datalist` keeps them), else the row of a built-in set's ``findings.csv``; without
+    either, ``normal``/``abnormal`` by its label and no mask."""
+    manifest = {}
+    if not any("kind" in item or "mask" in item for item in test) and (Path(dataset_dir) / "findings.csv").is_file():
+        manifest = {row["image"]: (row["finding"], row["mask"]) for row in read_manifest(dataset_dir)}
+    return [manifest.get(item["image"]) or (item.get("kind") or ("abnormal" if item["label"] else "normal"),
+                                             item.get("mask") or None) for item in test]
 
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
@@ -167,10 +157,9 @@ def cpu_line() -> str:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     splits = find_datalist(args.dataset_dir)
-    notes = annotations(args.dataset_dir)
     test = splits["test"]
+    kinds, mask_paths = map(list, zip(*annotate_test_split(args.dataset_dir, test)))
     labels = np.array([item["label"] for item in test])
-    kinds = [notes.get(item["image"], ("abnormal" if item["label"] else "normal", None))[0] for item in test]
     train_images = load_images([item["image"] for item in splits["training"]], args.size)
     test_images = load_images([item["image"] for item in test], args.size)
     model = ConvAutoencoder(args.size)
@@ -193,7 +182,6 @@ def run(args: argparse.Namespace) -> dict:
         "dataset_dir": str(args.dataset_dir), "size": args.size, "minutes": args.minutes, "threads": args.threads,
         "cpu": cpu_line(), "n_train": len(train_images), **log, "image_auc": image_auc,
     }
-    mask_paths = [notes.get(item["image"], (None, None))[1] for item in test]
     if any(mask_paths):
         masks = np.zeros_like(test_images, dtype=bool)
         abnormal_masked = [p for p, y in zip(mask_paths, labels) if y == 1 and p]

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from image_utils import dilate  # noqa: E402
 from benchmarks.second_set.__main__ import main  # noqa: E402
 from benchmarks.second_set.anatomy import Grid, anatomy_fields, sample_anatomy  # noqa: E402
 from benchmarks.second_set.dataset import draw_image, write_second_set  # noqa: E402
@@ -27,16 +28,6 @@ from scripts.data.transforms import LoadRadiograph  # noqa: E402
 
 SMALL = {"n_train": 3, "n_val_normal": 1, "n_val_abnormal": 2, "n_test_normal": 2, "n_test_abnormal": 6, "size": 48}
 LUNG_KINDS = ("nodule", "consolidation", "effusion", "pneumothorax")
-
-
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation by a (2 * pixels + 1) square."""
-    padded = np.pad(mask, pixels)
-    out = np.zeros_like(mask)
-    for dy in range(2 * pixels + 1):
-        for dx in range(2 * pixels + 1):
-            out |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-    return out
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -83,13 +74,12 @@ def test_layout_and_datalist_read_by_the_bundle(small_set: Path, tmp_path: Path)
 
 
 def test_ae_baseline_takes_kinds_and_masks_from_the_datalist(small_set: Path) -> None:
-    from benchmarks.ae_baseline import annotations, load_masks
+    from benchmarks.ae_baseline import load_masks, annotate_test_split
 
-    notes = annotations(small_set)
-    test = find_datalist(small_set)["test"]
-    kinds = [notes[item["image"]][0] for item in test]
+    notes = annotate_test_split(small_set, find_datalist(small_set)["test"])
+    kinds = [kind for kind, _ in notes]
     assert kinds == ["normal", "normal", *KINDS]
-    masks = [notes[item["image"]][1] for item in test]
+    masks = [mask for _, mask in notes]
     assert masks[:2] == [None, None] and all(Path(m).is_file() for m in masks[2:])
     loaded = load_masks(masks[2:], 48)
     assert loaded.shape == (6, 48, 48) and loaded.any(axis=(1, 2)).all()
@@ -125,7 +115,7 @@ def test_mask_is_the_finding_and_lies_in_the_thorax(kind: str) -> None:
         assert not (mask & ~(region > 0.5)).any()
         # the finding changes the image inside its mask far more than away from it
         change = np.abs(image - normal)
-        assert change[mask].mean() > 10 * change[~_dilate(mask, 2)].mean()
+        assert change[mask].mean() > 10 * change[~dilate(mask, 2)].mean()
 
 
 def test_cardiomegaly_widens_the_heart_beyond_the_normal_ratio() -> None:
