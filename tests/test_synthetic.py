@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from image_utils import dilate
 from scripts.data import synthetic
 from scripts.data.phantom import (
     CARDIOMEGALY_CTR_RANGE,
@@ -25,16 +26,6 @@ from scripts.data.synthetic import ensure_synthetic_dataset, read_manifest, writ
 SIZE = 96
 SMALL = dict(n_train=3, n_val_normal=1, n_val_abnormal=2, n_test_normal=2, n_test_abnormal=5, size=32)
 LUNG_FINDINGS = ("nodule", "consolidation", "effusion", "pneumothorax")
-
-
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation by a (2 * pixels + 1) square."""
-    padded = np.pad(mask, pixels)
-    out = np.zeros_like(mask)
-    for dy in range(2 * pixels + 1):
-        for dx in range(2 * pixels + 1):
-            out |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-    return out
 
 
 def _pair(seed: int, kind: str, size: int = SIZE):
@@ -106,7 +97,7 @@ def test_finding_changes_the_image_inside_its_mask(kind):
         assert not empty.any() and mask.any()
         anatomy = anatomy_masks(patient, SIZE)
         diff = abnormal - normal
-        untouched = ~_dilate(anatomy["lungs"] | anatomy["heart"] | mask, 2)
+        untouched = ~dilate(anatomy["lungs"] | anatomy["heart"] | mask, 2)
         assert np.abs(diff[mask]).mean() > 0.04
         assert np.abs(diff[untouched]).max() < 0.02  # the rest of the patient is the same
         if kind == "pneumothorax":
