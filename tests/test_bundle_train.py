@@ -16,6 +16,8 @@ from bundle_utils import BUNDLE, CONFIGS, TINY, run, workflow
 from scripts.checkpoint import load_checkpoint, save_atomic
 from scripts.data.phantom import FINDINGS
 from scripts.data.synthetic import write_synthetic_dataset
+from scripts.detector import SCORE_KINDS
+from scripts.handlers import PIXEL_MAPS
 
 N_TEST_NORMAL, N_TEST_ABNORMAL = 3, 5
 
@@ -127,7 +129,8 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
     progress = [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
     assert len(progress) == 1 and progress[0].startswith(f"evaluated {total} / {total} images (") and "in all" in progress[0]
     metrics = json.loads((out / "metrics.json").read_text())
-    for kind in ("discriminator", "reconstruction"):
+    assert metrics["score_kind"] == "combined"
+    for kind in SCORE_KINDS:
         m = metrics[kind]
         assert m["num_images"] == N_TEST_NORMAL + N_TEST_ABNORMAL and m["num_abnormal"] == N_TEST_ABNORMAL
         assert 0.0 <= m["auc"] <= 1.0
@@ -137,12 +140,12 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
             assert key in m
     # the built-in set's datalist gives finding kinds and lesion masks: per-finding AUCs and pixel AUROCs
     kinds = FINDINGS[:N_TEST_ABNORMAL]
-    for kind in ("discriminator", "reconstruction"):
+    for kind in SCORE_KINDS:
         per_finding = metrics[kind]["per_finding"]
         assert set(per_finding) == set(kinds) and all(v["num_abnormal"] == 1 for v in per_finding.values())
         assert all(0.0 <= v["auc"] <= 1.0 for v in per_finding.values())
     pixel = metrics["pixel"]
-    assert set(pixel["auroc"]) == {"anomaly_map", "z_score"} and all(0 <= v <= 1 for v in pixel["auroc"].values())
+    assert set(pixel["auroc"]) == set(PIXEL_MAPS) and all(0 <= v <= 1 for v in pixel["auroc"].values())
     masks = [np.asarray(Image.open(p).resize((TINY["img_size"],) * 2, Image.BOX)) >= 128
              for p in sorted((dataset / "masks" / "test").iterdir())]
     assert pixel["num_lesion_pixels"] == pytest.approx(sum(int(m.sum()) for m in masks), rel=0.05)

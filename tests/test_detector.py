@@ -73,7 +73,7 @@ def test_raw_score_and_statistics_match_the_definition() -> None:
     train, test = torch.rand(12, 1, SIZE, SIZE, generator=g), torch.rand(5, 1, SIZE, SIZE, generator=g)
     with torch.no_grad():
         raw = detector.raw_scores(train)
-        detector.update_statistics(raw["disc_logit"], raw["residual"])
+        detector.update_statistics(raw)
 
         smoothed = GaussianFilter(2, sigma)(train - BlurGenerator()(train)["recon"])
         mean, std = smoothed.mean(0, keepdim=True), smoothed.std(0, keepdim=True)
@@ -119,7 +119,7 @@ def test_residual_where_every_normal_has_it_does_not_count() -> None:
     train = normal_images(60, seed=2)
     with torch.no_grad():
         raw = detector.raw_scores(train)
-        detector.update_statistics(raw["disc_logit"], raw["residual"])
+        detector.update_statistics(raw)
         train_scores = detector.raw_scores(train)["recon_error"]
         normal = detector.raw_scores(normal_images(10, seed=3))
         abnormal = detector.raw_scores(normal_images(10, seed=3, squares=((4, 4), (20, 20))))
@@ -168,7 +168,7 @@ def test_std_floor_travels_with_the_state_dict(caplog) -> None:
     x = torch.rand(6, 1, SIZE, SIZE)
     with torch.no_grad():
         raw = source.raw_scores(x)
-        source.update_statistics(raw["disc_logit"], raw["residual"])
+        source.update_statistics(raw)
     target = make_detector(residual_std_floor=0.1)
     with caplog.at_level(logging.WARNING, logger="scripts.detector"):
         target.load_state_dict(source.state_dict())
@@ -185,7 +185,7 @@ def test_state_dict_without_std_floor_scores_as_it_was_measured(caplog) -> None:
     x = torch.rand(6, 1, SIZE, SIZE)
     with torch.no_grad():
         raw = measured.raw_scores(x)
-        measured.update_statistics(raw["disc_logit"], raw["residual"])
+        measured.update_statistics(raw)
     old = {k: v for k, v in measured.state_dict().items() if k != "statistics.std_floor"}
     target = make_detector()
     with caplog.at_level(logging.WARNING, logger="scripts.detector"):
@@ -205,7 +205,7 @@ def test_statistics_round_trip_through_the_state_dict() -> None:
     x = torch.rand(6, 1, SIZE, SIZE)
     with torch.no_grad():
         raw = source.raw_scores(x)
-        source.update_statistics(raw["disc_logit"], raw["residual"])
+        source.update_statistics(raw)
     source.statistics.threshold.fill_(0.3)
     state = source.state_dict()
     assert {"statistics.pixel_mean", "statistics.pixel_std"} <= set(state)
@@ -224,7 +224,7 @@ def test_state_dict_without_pixel_statistics_loads_as_not_measured(caplog) -> No
     x = torch.rand(6, 1, SIZE, SIZE)
     with torch.no_grad():
         raw = measured.raw_scores(x)
-        measured.update_statistics(raw["disc_logit"], raw["residual"])
+        measured.update_statistics(raw)
     old = {k: v for k, v in measured.state_dict().items() if not k.startswith("statistics.pixel_")}
     old["statistics.mean"] = torch.tensor([0.1, 0.2])
     old["statistics.threshold"] = torch.tensor(0.7)
@@ -260,7 +260,7 @@ def test_compute_score_statistics_uses_the_first_max_images() -> None:
     reference = make_detector(residual_sigma=1.0)
     with torch.no_grad():
         raw = reference.raw_scores(images[:7])
-        reference.update_statistics(raw["disc_logit"], raw["residual"])
+        reference.update_statistics(raw)
     for name, buffer in reference.statistics.state_dict().items():
         torch.testing.assert_close(detector.statistics.state_dict()[name], buffer, atol=1e-6, rtol=1e-6)
 
@@ -269,7 +269,7 @@ def test_traced_detector_matches_eager() -> None:
     detector = make_detector(score_kind="reconstruction", residual_sigma=1.0)
     with torch.no_grad():
         raw = detector.raw_scores(torch.rand(8, 1, SIZE, SIZE))
-        detector.update_statistics(raw["disc_logit"], raw["residual"])
+        detector.update_statistics(raw)
         traced = torch.jit.trace(detector, torch.rand(1, 1, SIZE, SIZE))
         x = torch.rand(4, 1, SIZE, SIZE)
         for got, want in zip(traced(x), detector(x)):

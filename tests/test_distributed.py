@@ -182,7 +182,7 @@ def test_validation_is_sharded_and_gathered(ddp_run, dataset):
     with torch.no_grad():
         for batch in parser.get_parsed_content("validate#dataloader"):
             raw = detector.raw_scores(batch["image"])
-            scores.append(detector.normalise(raw["disc_logit"], raw["recon_error"])["reconstruction"])
+            scores.append(detector.normalise(raw)["reconstruction"])
             labels.append(batch["label"].reshape(-1))
     scores_np, labels_np = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     assert labels_np.size == n_val

@@ -189,9 +189,7 @@ def model(tmp_path_factory, folder) -> dict:
     with torch.no_grad():
         raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None])
                for p in folder["good"]]
-    logits = torch.cat([r["disc_logit"] for r in raw])
-    residuals = torch.cat([r["residual"] for r in raw])
-    detector.update_statistics(logits, residuals)
+    detector.update_statistics({k: torch.cat([r[k] for r in raw]) for k in ("disc_logit", "residual", "pooled_features")})
     expected = {p: direct(detector, p) for p in folder["good"]}
     scores = sorted(score for score, _ in expected.values())
     detector.statistics.threshold.fill_(scores[len(scores) // 2])
@@ -223,9 +221,9 @@ def test_config_properties_and_network_match_train(results) -> None:
                 assert infer[ref[1:]] == train[ref[1:]], ref
     assert infer["network_def"]["_target_"] == "scripts.detector.AnomalyDetector"
     # the same scores: the same score kind and reconstruction-score settings
-    for key in ("score_kind", "residual_sigma", "residual_top_fraction"):
+    for key in ("score_kind", "residual_sigma", "residual_top_fraction", "feature_depth", "feature_grid", "map_kind"):
         assert infer[key] == train[key], key
-    for key in ("img_size", "residual_sigma", "residual_top_fraction"):
+    for key in ("img_size", "residual_sigma", "residual_top_fraction", "feature_depth", "feature_grid", "map_kind"):
         assert infer["network_def"][key] == train["detector"][key] == f"@{key}", key
     # the same deterministic preprocessing as training and validation, only with a fault-tolerant loader
     assert infer["preprocessing"]["transforms"][1:] == train["load_transforms"][1:]
@@ -445,6 +443,13 @@ def test_overlay_shows_the_radiograph_where_the_map_is_zero_and_the_colour_map_a
                            transparent_background=False)
     reference = np.rint(np.moveaxis(blended, 0, -1) * 255)
     assert np.abs(render_overlay(grey, anomaly_map).astype(float) - reference).max() <= 1
+    # with a floor (the feature map's normal level): values up to vmin show the radiograph, [vmin, vmax] the colours
+    shifted = render_overlay(grey, anomaly_map + 1.0, vmax=1.25, vmin=1.0)
+    assert np.abs(shifted.astype(float) - reference).max() <= 1
+    np.testing.assert_array_equal(render_overlay(grey, np.full_like(grey, 0.9), vmax=2.0, vmin=1.0),
+                                  render_overlay(grey, np.zeros_like(grey)))
+    with pytest.raises(ValueError, match="vmin"):
+        render_overlay(grey, anomaly_map, vmax=1.0, vmin=1.0)
 
 
 def test_existing_csv_is_not_overwritten_unless_asked(tmp_path, model) -> None:

@@ -12,9 +12,15 @@ from monai.data import MetaTensor
 from monai.networks.layers import gaussian_1d
 from torch import nn
 
-__all__ = ["SCORE_KINDS", "ScoreStatistics", "AnomalyDetector", "ImageSizeMismatchError"]
+from .feature_density import FeatureDensity
 
-SCORE_KINDS = ("discriminator", "reconstruction")
+__all__ = ["SCORE_KINDS", "MAP_KINDS", "ScoreStatistics", "AnomalyDetector", "ImageSizeMismatchError"]
+
+SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
+"""Image scores, :meth:`AnomalyDetector.normalise`; ``"feature"`` and ``"combined"`` need the feature statistics."""
+
+MAP_KINDS = ("residual", "feature")
+"""Anomaly maps: ``|x - G(x)|`` or the encoder-feature distance map."""
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +39,27 @@ class ScoreStatistics(nn.Module):
     larger residuals where they vary more (lung bases, heart border). It travels with the statistics because the
     image-level ``mean``/``std`` were measured with it: a loaded state dict's value replaces the constructor's.
 
-    A state dict written before the per-pixel buffers existed loads without error: the per-pixel statistics
-    keep their defaults and ``ready`` is cleared, so that they are measured again. One written before
-    ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its statistics were measured with.
+    ``density`` (optional) is the per-location Gaussian model of the encoder features
+    (:class:`scripts.feature_density.FeatureDensity`), measured with the other statistics and saved with them.
+
+    A state dict written before the per-pixel buffers (or, with ``density``, the feature statistics) existed
+    loads without error: those statistics keep their defaults and ``ready`` is cleared, so that they are
+    measured again. One written before ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its
+    statistics were measured with.
 
     Args:
         img_size: side ``H = W`` of the scored images.
         eps: added to the per-pixel std when standardising, so pixels where every training residual is the
             same (e.g. a black border) do not divide by zero.
         std_floor: the fraction of the median per-pixel std added to each pixel's std, >= 0.
+        density: the feature model, or ``None`` for none.
     """
 
     PIXEL_BUFFERS = ("pixel_mean", "pixel_std")
 
-    def __init__(self, img_size: int, eps: float = 1e-3, std_floor: float = 0.4) -> None:
+    def __init__(
+        self, img_size: int, eps: float = 1e-3, std_floor: float = 0.4, density: FeatureDensity | None = None
+    ) -> None:
         super().__init__()
         if img_size < 1:
             raise ValueError(f"img_size must be positive, got {img_size}.")
@@ -60,6 +73,7 @@ class ScoreStatistics(nn.Module):
         self.register_buffer("threshold", torch.full((), 0.5))
         self.register_buffer("pixel_mean", torch.zeros(1, 1, img_size, img_size))
         self.register_buffer("pixel_std", torch.ones(1, 1, img_size, img_size))
+        self.density = density
 
     def standardise(self, residual: torch.Tensor) -> torch.Tensor:
         """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + std_floor * median(pixel_std) + eps)`` of
@@ -97,6 +111,7 @@ class ScoreStatistics(nn.Module):
         error_msgs: list[str],
     ) -> None:
         absent = [prefix + name for name in self.PIXEL_BUFFERS if prefix + name not in state_dict]
+        no_density = self.density is not None and prefix + "density.mean" not in state_dict
         floor_key = prefix + "std_floor"
         configured_floor = float(self.std_floor)
         super()._load_from_state_dict(
@@ -109,6 +124,10 @@ class ScoreStatistics(nn.Module):
         if float(self.std_floor) != configured_floor:
             logger.warning("the loaded score statistics were measured with residual_std_floor %g: it scores with that "
                            "instead of %g.", float(self.std_floor), configured_floor)
+        if no_density:
+            self.ready.fill_(False)
+            logger.warning("the loaded score statistics have no encoder-feature statistics: they are marked as not "
+                           "measured and must be measured again.")
         if not absent:
             return
         for key in absent:
@@ -128,7 +147,7 @@ class ImageSizeMismatchError(RuntimeError):
 class AnomalyDetector(nn.Module):
     """Scores chest radiographs with a trained SimSID generator and discriminator.
 
-    Two image scores are offered (``docs/method.md``, "Scoring"):
+    Four image scores are offered (``docs/method.md``, "Scoring"):
 
     - ``"discriminator"`` (the paper's): ``s = D(G(x))`` logit, standardised by the mean and standard
       deviation of the same quantity over training images, anomaly score ``1 - sigmoid(z)``.
@@ -139,13 +158,23 @@ class AnomalyDetector(nn.Module):
       training images like the discriminator's, anomaly score ``sigmoid(z)``. Fine anatomy that the
       generator cannot reproduce in normal images too (ribs, vessels) thus counts less than residuals where
       normal images have none.
+    - ``"feature"`` (with ``feature_depth``): the generator's encoder feature at depth ``feature_depth`` is
+      average-pooled over a ``feature_grid x feature_grid`` grid of cells and compared cell by cell with a Gaussian
+      fitted to normal training images (:class:`scripts.feature_density.FeatureDensity`); the raw score is the
+      largest squared Mahalanobis distance, standardised over the training images, anomaly score ``sigmoid(z)``.
+      It sees findings the generator reproduces and so leaves out of the residual.
+    - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
-    Both lie in [0, 1], higher = more abnormal. The anomaly map is ``|x - G(x)|``. The statistics and the
+    All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
+    ``"feature"``, the cell distances as root-mean-square standardised deviations per channel
+    (``sqrt(d2 / C)``, about 1 on normal anatomy), bilinearly upsampled to the image. The statistics and the
     decision threshold are buffers, so they are saved in the state dict with the weights and travel with an
     exported TorchScript module.
 
     Args:
-        generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"``.
+        generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"`` (and, with
+            ``feature_depth``, whose ``forward(x, feature_depth=d)`` adds ``"features"``, the encoder feature at
+            depth ``d`` as whole images, and whose ``features`` lists the channels per depth).
         discriminator: maps B x 1 x H x W images to B x 1 logits.
         score_kind: which score ``forward`` returns, one of ``SCORE_KINDS``.
         img_size: side of the scored images; ``None`` takes ``generator.img_size``.
@@ -155,6 +184,12 @@ class AnomalyDetector(nn.Module):
             reconstruction score (at least one pixel), in (0, 1].
         residual_std_floor: fraction of the median per-pixel std of normal residuals added to every pixel's std
             in the z-score (:class:`ScoreStatistics`), >= 0; a loaded state dict's value replaces it.
+        feature_depth: encoder depth of the feature statistics (0: the stem's output, ``i``: after down block
+            ``i``); ``None`` for none (then only the discriminator and reconstruction scores and the residual map).
+        feature_grid: cells per side of the feature statistics; must divide the feature's side
+            ``img_size / 2 ** feature_depth``.
+        feature_shrinkage: covariance shrinkage of the feature statistics (:class:`FeatureDensity`).
+        map_kind: the anomaly map, one of ``MAP_KINDS``.
     """
 
     def __init__(
@@ -166,10 +201,19 @@ class AnomalyDetector(nn.Module):
         residual_sigma: float | None = None,
         residual_top_fraction: float = 0.01,
         residual_std_floor: float = 0.4,
+        feature_depth: int | None = None,
+        feature_grid: int = 8,
+        feature_shrinkage: float = 0.01,
+        map_kind: str = "residual",
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}.")
+        if map_kind not in MAP_KINDS:
+            raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}.")
+        if feature_depth is None and (score_kind in ("feature", "combined") or map_kind == "feature"):
+            raise ValueError(f"score_kind {score_kind!r} with map_kind {map_kind!r} needs the feature statistics: "
+                             "set feature_depth.")
         if img_size is None:
             img_size = getattr(generator, "img_size", None)
             if img_size is None:
@@ -186,7 +230,17 @@ class AnomalyDetector(nn.Module):
         self.residual_sigma = residual_sigma
         self.residual_top_fraction = residual_top_fraction
         self.top_k = max(1, int(residual_top_fraction * img_size * img_size))
-        self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor)
+        self.feature_depth = feature_depth
+        self.map_kind = map_kind
+        density = None
+        if feature_depth is not None:
+            channels = getattr(generator, "features", None)
+            if channels is None or not 0 <= feature_depth < len(channels):
+                raise ValueError(f"feature_depth {feature_depth} is not an encoder depth of the generator "
+                                 f"(channels per depth: {channels}).")
+            density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
+                                     feature_shrinkage)
+        self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
@@ -235,35 +289,59 @@ class AnomalyDetector(nn.Module):
             x: B x 1 x H x W images in [0, 1]; a ``MetaTensor`` is read as a plain tensor (the outputs are plain).
 
         Returns:
-            ``"recon"`` B x 1 x H x W, ``"anomaly_map"`` B x 1 x H x W (``|x - recon|``),
+            ``"recon"`` B x 1 x H x W, ``"anomaly_map"`` B x 1 x H x W (``map_kind``),
             ``"residual"`` B x 1 x H x W (:meth:`smoothed_residual`), ``"disc_logit"`` B,
-            ``"recon_error"`` B (:meth:`residual_score`).
+            ``"recon_error"`` B (:meth:`residual_score`); with ``feature_depth`` also ``"pooled_features"``
+            B x C x grid x grid and ``"feature_score"`` B (the largest cell distance).
         """
         if isinstance(x, MetaTensor):  # no metadata is needed inside; MetaTensor's per-op bookkeeping is not free
             x = x.as_tensor()
-        recon = self.generator(x)["recon"]
-        anomaly_map = (x - recon).abs()
+        density = self.statistics.density
+        out = self.generator(x) if density is None else self.generator(x, feature_depth=self.feature_depth)
+        recon = out["recon"]
         residual = self.smoothed_residual(x, recon)
-        disc_logit = self.discriminator(recon).reshape(-1).float()
-        recon_error = self.residual_score(residual)
-        return {"recon": recon, "anomaly_map": anomaly_map, "residual": residual, "disc_logit": disc_logit,
-                "recon_error": recon_error}
+        raw = {"recon": recon, "residual": residual, "disc_logit": self.discriminator(recon).reshape(-1).float(),
+               "recon_error": self.residual_score(residual)}
+        if self.map_kind == "residual":
+            raw["anomaly_map"] = (x - recon).abs()
+        if density is not None:
+            pooled = density.pool(out["features"])
+            distance = density.distance(pooled)
+            raw["pooled_features"] = pooled
+            raw["feature_score"] = density.image_score(distance)
+            if self.map_kind == "feature":
+                cells = (distance.clamp_min(0) / density.channels).sqrt()[:, None]
+                raw["anomaly_map"] = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return raw
 
     @torch.no_grad()
-    def update_statistics(self, disc_logit: torch.Tensor, residual: torch.Tensor) -> None:
-        """Measure all score statistics over N normal training images: first the per-pixel statistics of the
-        smoothed residuals (N x 1 x H x W), then the mean and std of the discriminator logits (N) and of the
-        reconstruction scores the new per-pixel statistics give."""
+    def update_statistics(self, raw: Mapping[str, torch.Tensor]) -> None:
+        """Measure all score statistics over N normal training images from their :meth:`raw_scores` (gathered over
+        the images): with ``feature_depth`` first the feature statistics from ``"pooled_features"``
+        (N x C x grid x grid), then the per-pixel statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W),
+        then the mean and std of the discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the
+        new per-pixel statistics give."""
+        density = self.statistics.density
+        if density is not None:
+            density.fit(raw["pooled_features"])
+        residual = raw["residual"]
         self.statistics.update_pixels(residual)
         recon_error = self.residual_score(residual.to(self.statistics.pixel_mean.device))
-        self.statistics.update(disc_logit, recon_error)
+        self.statistics.update(raw["disc_logit"], recon_error)
 
-    def normalise(self, disc_logit: torch.Tensor, recon_error: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Anomaly scores in [0, 1] (higher = more abnormal) from raw scores, both of shape B."""
+    def normalise(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Anomaly scores in [0, 1] (higher = more abnormal) of every kind the detector has, each of shape B, from
+        :meth:`raw_scores`' ``"disc_logit"``, ``"recon_error"`` and (with ``feature_depth``) ``"feature_score"``."""
         mean, std = self.statistics.mean, self.statistics.std
-        z_disc = (disc_logit - mean[0]) / std[0]
-        z_recon = (recon_error - mean[1]) / std[1]
-        return {"discriminator": 1.0 - torch.sigmoid(z_disc), "reconstruction": torch.sigmoid(z_recon)}
+        z_disc = (raw["disc_logit"] - mean[0]) / std[0]
+        z_recon = (raw["recon_error"] - mean[1]) / std[1]
+        scores = {"discriminator": 1.0 - torch.sigmoid(z_disc), "reconstruction": torch.sigmoid(z_recon)}
+        density = self.statistics.density
+        if density is not None:
+            z_feature = (raw["feature_score"] - density.score_mean) / density.score_std
+            scores["feature"] = torch.sigmoid(z_feature)
+            scores["combined"] = torch.sigmoid(z_recon + z_feature)
+        return scores
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly map and score.
@@ -275,5 +353,4 @@ class AnomalyDetector(nn.Module):
             the anomaly map B x 1 x H x W and the anomaly score B (of ``score_kind``) in [0, 1].
         """
         raw = self.raw_scores(x)
-        score = self.normalise(raw["disc_logit"], raw["recon_error"])[self.score_kind]
-        return raw["anomaly_map"], score
+        return raw["anomaly_map"], self.normalise(raw)[self.score_kind]

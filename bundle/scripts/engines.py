@@ -166,8 +166,9 @@ class AnomalyEvaluator(Evaluator):
     """Scores every image of a split with an :class:`AnomalyDetector`.
 
     Each iteration's output holds, for the batch: ``"image"``, ``"label"`` (B, -1 when unknown),
-    ``"recon"``, ``"anomaly_map"``, the raw ``"disc_logit"`` and ``"recon_error"``, and the normalised
-    ``"score_discriminator"`` and ``"score_reconstruction"`` (B each, higher = more abnormal), plus
+    ``"recon"``, ``"anomaly_map"``, ``"residual"``, the raw ``"disc_logit"`` and ``"recon_error"`` (and, with
+    feature statistics, ``"feature_score"`` and ``"pooled_features"``), and the normalised ``"score_<kind>"`` of
+    every kind the detector has (B each, higher = more abnormal, :meth:`AnomalyDetector.normalise`), plus
     ``"filename"`` (list of B source paths), and the batch's ``"mask"``, ``"mask_known"`` and ``"kind"`` where it
     has them (:class:`scripts.data.transforms.LoadMaskd`, the datalist's finding kinds).
 
@@ -217,7 +218,7 @@ class AnomalyEvaluator(Evaluator):
         detector.eval()
         with torch.no_grad(), autocast_context(engine.state.device, engine.use_amp):
             raw = engine.inferer(x, detector.raw_scores)
-        scores = detector.normalise(raw["disc_logit"], raw["recon_error"])
+        scores = detector.normalise(raw)
         labels = y.reshape(-1).long() if y is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
         return {
             "image": x,

@@ -37,8 +37,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PIXEL_MAPS = ("anomaly_map", "z_score")
-"""The maps whose pixel-level AUROC evaluation reports (``EvaluationReport``)."""
+PIXEL_MAPS = ("anomaly_map", "residual", "z_score")
+"""The maps whose pixel-level AUROC evaluation reports (``EvaluationReport``): the map written for users, the
+reconstruction residual ``|x - G(x)|`` and the per-pixel z-score the reconstruction score is built from."""
 
 
 @torch.no_grad()
@@ -51,23 +52,26 @@ def compute_score_statistics(
 ) -> None:
     """Measure the score-normalisation statistics over up to ``max_images`` training images.
 
-    The detector runs in eval mode on un-augmented normal training images; the discriminator logits and the
-    smoothed reconstruction residuals (N x 1 x H x W, kept on the CPU) of all of them are collected, then
-    :meth:`~scripts.detector.AnomalyDetector.update_statistics` measures the per-pixel residual statistics
-    and the mean and std of both raw scores. Under ``torch.distributed`` give each rank its shard of the
+    The detector runs in eval mode on un-augmented normal training images; the discriminator logits, the
+    smoothed reconstruction residuals (N x 1 x H x W) and, with feature statistics, the pooled encoder features
+    (N x C x grid x grid) of all of them are collected on the CPU, then
+    :meth:`~scripts.detector.AnomalyDetector.update_statistics` measures the feature statistics, the per-pixel
+    residual statistics and the mean and std of the raw scores. Under ``torch.distributed`` give each rank its shard of the
     images: the logits and residuals of all ranks are gathered, so every rank gets the statistics of the
     whole set. Every rank must call it.
     """
     detector = unwrap(detector)
     was_training = detector.training
     detector.eval()
-    disc, residual, seen = [], [], 0
+    disc, residual, pooled, seen = [], [], [], 0
     for batch in data_loader:
         x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: max_images - seen]
         with autocast_context(device, amp):
             raw = detector.raw_scores(x)
         disc.append(raw["disc_logit"].float().cpu())
         residual.append(raw["residual"].float().cpu())
+        if "pooled_features" in raw:
+            pooled.append(raw["pooled_features"].float().cpu())
         seen += x.shape[0]
         if seen >= max_images:
             break
@@ -80,7 +84,10 @@ def compute_score_statistics(
     seen = disc_all.shape[0]
     if seen == 0:
         raise ValueError("no training images to compute the score statistics from.")
-    detector.update_statistics(disc_all, residual_all)
+    gathered = {"disc_logit": disc_all, "residual": residual_all}
+    if pooled:
+        gathered["pooled_features"] = evenly_divisible_all_gather(torch.cat(pooled), concat=True)[:max_images]
+    detector.update_statistics(gathered)
     statistics = detector.statistics
     logger.info(
         "score statistics over %d training images: disc logit %.4f +- %.4f, recon score %.4f +- %.4f "
@@ -147,13 +154,17 @@ class ScoreCollector:
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
-        names = ("disc_logit", "recon_error") + tuple(f"score_{k}" for k in SCORE_KINDS)
-        columns = {k: out[k].detach().float().cpu().numpy() for k in names}
+        names = ("disc_logit", "recon_error", "feature_score") + tuple(f"score_{k}" for k in SCORE_KINDS)
+        columns = {k: out[k].detach().float().cpu().numpy() for k in names if k in out}
         labels = out["label"].cpu().numpy()
         kinds = out.get("kind") or [""] * len(labels)
         for i, name in enumerate(out["filename"]):
             self.rows.append({"file": name, "label": int(labels[i]), "kind": kinds[i],
                               **{k: float(v[i]) for k, v in columns.items()}})
+
+    def kinds(self) -> tuple[str, ...]:
+        """The score kinds the rows hold (those of the detector, ``SCORE_KINDS`` order)."""
+        return tuple(k for k in SCORE_KINDS if self.rows and f"score_{k}" in self.rows[0])
 
     def scores(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(N scores of ``kind``, N labels) over the rows that have a label."""
@@ -265,7 +276,9 @@ class EvaluationReport(ScoreCollector):
             return
         masks = torch.as_tensor(out["mask"])[known]
         z2 = unwrap(self.detector).statistics.standardise(out["residual"].float()).square()
-        maps = {"anomaly_map": out["anomaly_map"].float(), "z_score": z2 / (1 + z2)}  # monotone into [0, 1)
+        anomaly = out["anomaly_map"].float()
+        residual = (out["image"].float() - out["recon"].float()).abs()
+        maps = {"anomaly_map": anomaly / (1 + anomaly), "residual": residual, "z_score": z2 / (1 + z2)}  # into [0, 1)
         for name, values in maps.items():
             self.pixel[name].update(values.cpu()[known], masks)
 
@@ -290,7 +303,7 @@ class EvaluationReport(ScoreCollector):
         threshold = float(detector.statistics.threshold)
         metrics: dict[str, Any] = {"score_kind": detector.score_kind, "stored_threshold": threshold}
         curves = {}
-        for kind in SCORE_KINDS:
+        for kind in self.kinds():
             scores, labels = self.scores(kind)
             if labels.size == 0:
                 continue
@@ -325,7 +338,7 @@ class EvaluationReport(ScoreCollector):
         if not any(kind for kind, y in zip(kinds, labels) if y == 1):
             return
         subsets = {kind: s for kind, s in finding_subsets(labels, kinds).items() if kind != "overall"}
-        for score in SCORE_KINDS:
+        for score in self.kinds():
             if score not in metrics:
                 continue
             values, _ = self.scores(score)
@@ -336,8 +349,8 @@ class EvaluationReport(ScoreCollector):
             }
 
     def _write_csv(self, threshold: float, kind: str) -> None:
-        columns = ["file", "label", "kind", "disc_logit", "recon_error", "score_discriminator", "score_reconstruction",
-                   "decision"]
+        raw = [k for k in ("disc_logit", "recon_error", "feature_score") if self.rows and k in self.rows[0]]
+        columns = ["file", "label", "kind", *raw, *(f"score_{k}" for k in self.kinds()), "decision"]
         with open(self.output_dir / "scores.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()

@@ -243,7 +243,9 @@ class SimSIDGenerator(nn.Module):
             kernels use); ``False`` keeps PyTorch's default channels-first layout. Results are the same.
 
     ``forward(x)`` with ``x: B x in_channels x img_size x img_size`` in [0, 1] returns
-    ``{"recon": B x in_channels x H x W}`` in eval mode; in training also ``"teacher_recon"`` (if ``dist``),
+    ``{"recon": B x in_channels x H x W}`` in eval mode (``forward(x, feature_depth=d)`` adds ``"features"``, the
+    encoder output at depth ``d`` as whole images, ``B x features[d] x H / 2**d x W / 2**d``; ``features`` lists
+    the channels per depth, 0 the stem); in training also ``"teacher_recon"`` (if ``dist``),
     ``"student_features"``/``"teacher_features"`` (lists of decoder features, deepest first; the teacher's
     empty without ``dist``), ``"distill"`` (if ``dist``: the distillation loss over those lists, computed
     level by level in the teacher pass, see :class:`Decoder`) and ``"queries"`` (``B x P x D`` detached queue queries, to be passed to
@@ -285,6 +287,7 @@ class SimSIDGenerator(nn.Module):
         self.channels_last = channels_last
         self.skip_used = [ops[level - 1 - i] == "concat" for i in range(level)]
         features = [features_root * 2**i for i in range(level + 1)]
+        self.features = features
         patch_size = img_size // num_patch
 
         self.stem = SEResBlock(in_channels, features[0], se_reduction=se_reduction, recompute_first_conv=True)
@@ -321,13 +324,15 @@ class SimSIDGenerator(nn.Module):
         self.teacher = Decoder(features, in_channels, num_patch, initial_combine, ops, se_reduction) if dist else None
 
     def encode(
-        self, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format
-    ) -> tuple[Tensor, list[Tensor]]:
-        """``B x C x H x W`` -> (``(B * P) x F x h x w`` bottleneck, skips before every down block).
+        self, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format, feature_depth: int | None = None
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """``B x C x H x W`` -> (``(B * P) x F x h x w`` bottleneck, skips before every down block, the encoder
+        output at ``feature_depth`` as whole images or ``None``).
 
         Skips of decoder levels with ``op="none"`` are not materialised (``None``).
         """
         x = self.stem(patchify(x, self.num_patch, memory_format))
+        feature = unpatchify(x, self.num_patch) if feature_depth == 0 else None
         skips: list[Tensor | None] = []
         for i, down in enumerate(self.downs):
             if not self.skip_used[i]:
@@ -335,17 +340,21 @@ class SimSIDGenerator(nn.Module):
             else:
                 skips.append(unpatchify(x, self.num_patch, memory_format) if i < self.initial_combine else x)
             x = down(x)
-        return x, skips
+            if feature_depth == i + 1:
+                feature = unpatchify(x, self.num_patch)
+        return x, skips, feature
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+    def forward(self, x: Tensor, feature_depth: int | None = None) -> dict[str, Tensor | list[Tensor]]:
+        if feature_depth is not None and not 0 <= feature_depth < len(self.features):
+            raise ValueError(f"feature_depth must be in [0, {len(self.features) - 1}], got {feature_depth}.")
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        bottleneck, skips = self.encode(x, memory_format)
+        bottleneck, skips, feature = self.encode(x, memory_format, feature_depth)
         inpainted, queries = self.inpaint(bottleneck)
         inpainted = inpainted.contiguous(memory_format=memory_format)
         recon, student_features, _ = self.decoder(inpainted, skips, memory_format)
         recon = recon.contiguous()
         if not self.training:
-            return {"recon": recon}
+            return {"recon": recon} if feature is None else {"recon": recon, "features": feature}
         out: dict[str, Tensor | list[Tensor]] = {
             "recon": recon,
             "student_features": student_features,

@@ -108,7 +108,7 @@ class AnomalyMapWriter:
         map_suffix: ``".nii.gz"`` (gzip, :func:`scripts.outputs.nifti.write_gzip_huffman`) or ``".nii"`` (faster to
             write: float32 maps hardly compress, to about 85 %, and on a clinical-size radiograph gzip costs about
             0.3 s per image).
-        vmax, alpha, cmap: overlay rendering, see :func:`scripts.outputs.overlay.render_overlay`.
+        vmin, vmax, alpha, cmap: overlay rendering, see :func:`scripts.outputs.overlay.render_overlay`.
         model_version: written into the Secondary Capture's software versions.
         num_threads: items written at once; 1 writes them one after the other in the engine's thread.
         image_key, map_key, score_key, error_key: item keys.
@@ -126,6 +126,7 @@ class AnomalyMapWriter:
         vmax: float = 0.25,
         alpha: float = 0.6,
         cmap: str = "jet",
+        vmin: float = 0.0,
         model_version: str = "",
         num_threads: int = 1,
         image_key: str = "image",
@@ -147,7 +148,7 @@ class AnomalyMapWriter:
         if map_suffix not in (".nii.gz", ".nii"):
             raise ValueError(f"map_suffix must be '.nii.gz' or '.nii', got {map_suffix!r}.")
         self.map_suffix = map_suffix
-        self.vmax, self.alpha, self.cmap = vmax, alpha, cmap
+        self.vmin, self.vmax, self.alpha, self.cmap = vmin, vmax, alpha, cmap
         self.model_version = model_version
         self.image_key, self.map_key, self.score_key, self.error_key = image_key, map_key, score_key, error_key
         self._local = threading.local()  # a loader per writing thread: MONAI's readers keep per-read state
@@ -222,7 +223,7 @@ class AnomalyMapWriter:
         image = self.loader(source)
         if tuple(image.shape[1:]) != amap.shape:
             raise ValueError(f"reloaded image is {tuple(image.shape[1:])}, its anomaly map {amap.shape}")
-        overlay = render_overlay(image[0].numpy(), amap, self.vmax, self.alpha, self.cmap)
+        overlay = render_overlay(image[0].numpy(), amap, self.vmax, self.alpha, self.cmap, self.vmin)
         if self.save_overlay:
             path = self._path(stem, "_overlay.png")
             write_png_rgb(path, overlay)  # about 2x faster than Pillow's encoder (scripts.outputs.png)

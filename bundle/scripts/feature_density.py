@@ -1,0 +1,122 @@
+"""Per-location Gaussian model of the encoder's features on normal images: the feature score and map.
+
+The generator reproduces large findings (an effusion, an enlarged heart) through its skip connections, so its
+reconstruction residual cannot show them; the encoder's features at those places still differ from the features
+normal images have there. :class:`FeatureDensity` fits one Gaussian per cell of a ``grid x grid`` partition of the
+image to the encoder features of normal training images (average-pooled over the cell) and measures how far a new
+image's features lie from it (squared Mahalanobis distance), cell by cell (``docs/method.md``, "Scoring").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FeatureDensity"]
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureDensity(nn.Module):
+    """One Gaussian per grid cell over average-pooled encoder features, kept as buffers.
+
+    ``mean`` (``L x C``, ``L = grid ** 2`` cells, row-major) and ``precision`` (``L x C x C``, the inverse of the
+    covariance after shrinkage) are measured by :meth:`fit`; ``score_mean``/``score_std`` are the mean and standard
+    deviation of the image-level feature score (the largest cell distance) over the same images, set by
+    :meth:`fit` too. Until fitted, ``mean`` is 0 and ``precision`` the identity (the distance is then the squared norm).
+
+    Shrinkage: the covariance ``S`` of a cell becomes ``S + shrinkage * mean(diag(S)) * I``, so it is invertible with
+    fewer images than channels and its smallest directions do not dominate the distance.
+
+    Args:
+        channels: ``C``, channels of the encoder feature.
+        feature_size: side of the (square) encoder feature map, divisible by ``grid``.
+        grid: cells per side.
+        shrinkage: the covariance shrinkage, >= 0.
+
+    Shapes: features ``N x C x feature_size x feature_size`` -> pooled ``N x C x grid x grid`` -> distances
+    ``N x grid x grid``.
+    """
+
+    BUFFERS = ("mean", "precision", "score_mean", "score_std")
+
+    def __init__(self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.01) -> None:
+        super().__init__()
+        if grid < 1 or feature_size % grid:
+            raise ValueError(f"the encoder feature ({feature_size} x {feature_size}) cannot be cut into a {grid} x "
+                             f"{grid} grid of equal cells: choose a feature_grid that divides {feature_size}.")
+        if shrinkage < 0:
+            raise ValueError(f"feature_shrinkage must be >= 0, got {shrinkage}.")
+        self.channels = channels
+        self.grid = grid
+        self.cell = feature_size // grid
+        self.shrinkage = shrinkage
+        cells = grid * grid
+        self.register_buffer("mean", torch.zeros(cells, channels))
+        self.register_buffer("precision", torch.eye(channels).repeat(cells, 1, 1))
+        self.register_buffer("score_mean", torch.zeros(()))
+        self.register_buffer("score_std", torch.ones(()))
+
+    def pool(self, features: Tensor) -> Tensor:
+        """``N x C x S x S`` encoder features -> ``N x C x grid x grid`` cell means (float32)."""
+        return F.avg_pool2d(features.float(), self.cell)
+
+    def distance(self, pooled: Tensor) -> Tensor:
+        """Squared Mahalanobis distance of every cell, ``N x C x grid x grid`` -> ``N x grid x grid`` (float32)."""
+        n = pooled.shape[0]
+        with torch.autocast(pooled.device.type, enabled=False):
+            diff = pooled.float().flatten(2).transpose(1, 2) - self.mean  # N x L x C
+            dist = torch.einsum("nlc,lcd,nld->nl", diff, self.precision, diff)
+        return dist.reshape(n, self.grid, self.grid)
+
+    @staticmethod
+    def image_score(distance: Tensor) -> Tensor:
+        """The image-level feature score: the largest cell distance, ``N x grid x grid`` -> ``N``."""
+        return distance.flatten(1).amax(1)
+
+    @torch.no_grad()
+    def fit(self, pooled: Tensor) -> None:
+        """Measure every cell's Gaussian from the pooled features of N normal images (``N x C x grid x grid``, N >= 2),
+        then the mean and standard deviation of their image scores."""
+        if pooled.shape[0] < 2:
+            raise ValueError(f"the feature statistics need at least 2 training images, got {pooled.shape[0]}.")
+        if pooled.shape[1:] != (self.channels, self.grid, self.grid):
+            raise ValueError(f"pooled features must be N x {self.channels} x {self.grid} x {self.grid}, "
+                             f"got {tuple(pooled.shape)}.")
+        x = pooled.double().flatten(2).permute(2, 0, 1).to(self.mean.device)  # L x N x C
+        mean = x.mean(1)
+        centred = x - mean[:, None]
+        cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
+        scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+        eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
+        cov = cov + self.shrinkage * scale[:, None, None] * eye
+        self.mean.copy_(mean)
+        self.precision.copy_(torch.linalg.inv(cov))
+        scores = self.image_score(self.distance(pooled.to(self.mean.device)))
+        self.score_mean.copy_(scores.mean())
+        self.score_std.copy_(scores.std().clamp_min(1e-6))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """A state dict written before the feature statistics existed loads without them: they keep their unfitted
+        defaults (the owner, :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured)."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if all(prefix + name not in state_dict for name in self.BUFFERS):
+            for name in self.BUFFERS:
+                if prefix + name in missing_keys:
+                    missing_keys.remove(prefix + name)

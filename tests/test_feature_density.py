@@ -1,0 +1,194 @@
+"""The encoder-feature statistics: per-cell Gaussians, their distances, the feature and combined scores and map."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scripts.detector import AnomalyDetector
+from scripts.feature_density import FeatureDensity
+from scripts.networks import SimSIDGenerator
+
+SIZE = 32
+
+
+def correlated_features(n: int, channels: int, grid: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``n x channels x grid x grid`` pooled features, every cell Gaussian with its own mean and covariance; returns
+    them with the per-cell means (``L x C``) and covariances (``L x C x C``)."""
+    rng = np.random.default_rng(seed)
+    cells = grid * grid
+    means = rng.normal(0, 3, (cells, channels))
+    mixing = rng.normal(0, 1, (cells, channels, channels)) / np.sqrt(channels)
+    covs = mixing @ mixing.transpose(0, 2, 1) + 0.1 * np.eye(channels)
+    samples = means[:, None] + np.einsum("lcd,lnd->lnc", mixing, rng.normal(0, 1, (cells, n, channels)))
+    samples += rng.normal(0, np.sqrt(0.1), samples.shape)
+    x = torch.from_numpy(samples).float().permute(1, 2, 0).reshape(n, channels, grid, grid)
+    return x, means, covs
+
+
+def test_fit_and_distance_follow_the_definition() -> None:
+    channels, grid, shrinkage = 6, 3, 0.05
+    samples, _, _ = correlated_features(405, channels, grid, seed=0)
+    train, test = samples[:400], samples[400:]
+    density = FeatureDensity(channels, feature_size=grid * 4, grid=grid, shrinkage=shrinkage)
+    density.fit(train)
+    got = density.distance(test).numpy()
+    cells = train.double().flatten(2).permute(2, 0, 1).numpy()  # L x N x C
+    for cell in range(grid * grid):
+        mean = cells[cell].mean(0)
+        cov = np.cov(cells[cell], rowvar=False)
+        cov += shrinkage * np.trace(cov) / channels * np.eye(channels)
+        diff = test.double().flatten(2)[:, :, cell].numpy() - mean
+        want = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
+        np.testing.assert_allclose(got[:, cell // grid, cell % grid], want, rtol=1e-4, atol=1e-4 * want.max())
+    # the image score is the largest cell; its training mean and std are kept
+    train_scores = density.distance(train).flatten(1).amax(1)
+    torch.testing.assert_close(density.score_mean, train_scores.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(density.score_std, train_scores.std(), rtol=1e-5, atol=0)
+
+
+def test_distances_of_normal_samples_average_the_channel_count_and_a_shifted_cell_stands_out() -> None:
+    channels, grid = 8, 4
+    samples, _, covs = correlated_features(6000, channels, grid, seed=0)
+    train, test = samples[:4000], samples[4000:]
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.0)
+    density.fit(train)
+    # the squared Mahalanobis distance of a Gaussian sample has mean C (chi-square with C degrees of freedom)
+    assert density.distance(test).mean().item() == pytest.approx(channels, rel=0.05)
+    shifted = test[:10].clone()
+    direction = torch.linalg.eigh(torch.from_numpy(covs[2 * grid + 1]).float()).eigenvectors[:, 0]  # least variance
+    shifted[:, :, 2, 1] += 2.0 * direction
+    distance = density.distance(shifted)
+    assert (distance.flatten(1).argmax(1) == 2 * grid + 1).all()
+
+
+def test_pool_averages_equal_cells_and_the_grid_must_divide_the_feature() -> None:
+    density = FeatureDensity(3, feature_size=12, grid=4)
+    features = torch.randn(2, 3, 12, 12)
+    pooled = density.pool(features)
+    assert pooled.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(pooled[:, :, 1, 2], features[:, :, 3:6, 6:9].mean((-2, -1)))
+    with pytest.raises(ValueError, match="feature_grid that divides 12"):
+        FeatureDensity(3, feature_size=12, grid=5)
+    with pytest.raises(ValueError, match="at least 2"):
+        density.fit(pooled[:1])
+
+
+class CopyGenerator(nn.Module):
+    """A generator that reproduces its input exactly (as the SimSID generator reproduces a large finding through its
+    skips); its "encoder feature" at depth 0 is the image itself."""
+
+    features = [1, 2]
+
+    def forward(self, x: torch.Tensor, feature_depth: int | None = None) -> dict[str, torch.Tensor]:
+        out = {"recon": x.clone()}
+        if feature_depth is not None:
+            out["features"] = x
+        return out
+
+
+def textured(n: int, seed: int, lesion: bool = False) -> torch.Tensor:
+    """Smooth random images in [0, 1]; with ``lesion`` a bright 8 x 8 block at rows 16-23, columns 8-15."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 + 0.1 * F.avg_pool2d(torch.randn(n, 1, SIZE, SIZE, generator=g), 5, stride=1, padding=2)
+    if lesion:
+        x[:, :, 16:24, 8:16] += 0.2
+    return x
+
+
+def copy_detector(**kwargs) -> AnomalyDetector:
+    torch.manual_seed(0)
+    discriminator = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1))
+    return AnomalyDetector(CopyGenerator(), discriminator, img_size=SIZE, feature_depth=0, feature_grid=4,
+                           **kwargs).eval()
+
+
+def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_score_and_map() -> None:
+    detector = copy_detector(score_kind="combined", map_kind="feature")
+    with torch.no_grad():
+        detector.update_statistics(detector.raw_scores(textured(200, seed=0)))
+        normal, abnormal = detector.raw_scores(textured(20, seed=1)), detector.raw_scores(textured(20, 2, True))
+        scores_n, scores_a = detector.normalise(normal), detector.normalise(abnormal)
+    assert bool(detector.statistics.ready)
+    # the residual is zero for every image: the reconstruction score cannot tell them apart
+    torch.testing.assert_close(scores_a["reconstruction"], scores_n["reconstruction"])
+    assert scores_a["feature"].min() > scores_n["feature"].max()
+    assert scores_a["combined"].min() > scores_n["combined"].max()
+    # combined = sigmoid(z_reconstruction + z_feature)
+    density = detector.statistics.density
+    z_feature = (abnormal["feature_score"] - density.score_mean) / density.score_std
+    z_recon = (abnormal["recon_error"] - detector.statistics.mean[1]) / detector.statistics.std[1]
+    torch.testing.assert_close(scores_a["combined"], torch.sigmoid(z_recon + z_feature))
+    # the map: sqrt(distance / C) upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
+    amap = abnormal["anomaly_map"]
+    with torch.no_grad():
+        cell_distance = density.distance(F.avg_pool2d(textured(20, 2, True), 8))  # feature = image, 4 x 4 cells
+    want = F.interpolate((cell_distance / 1).sqrt()[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(amap, want)
+    cells = F.avg_pool2d(amap, 8)[:, 0]
+    assert (cells.flatten(1).argmax(1) == 2 * 4 + 1).all()
+    assert normal["anomaly_map"].max() < amap[:, :, 17:23, 9:15].min()
+    # the forward pass (what inference and the export run) returns that map and the chosen score
+    with torch.no_grad():
+        out_map, out_score = detector(textured(20, 2, True))
+    torch.testing.assert_close(out_map, amap)
+    torch.testing.assert_close(out_score, scores_a["combined"])
+
+
+def test_the_residual_map_and_the_papers_scores_need_no_feature_statistics() -> None:
+    detector = copy_detector(score_kind="reconstruction", map_kind="residual")
+    x = textured(4, seed=3)
+    with torch.no_grad():
+        raw = detector.raw_scores(x)
+    torch.testing.assert_close(raw["anomaly_map"], torch.zeros_like(x))
+    plain = AnomalyDetector(CopyGenerator(), nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1)), img_size=SIZE)
+    assert plain.statistics.density is None and set(plain.normalise(plain.raw_scores(x))) == {"discriminator",
+                                                                                              "reconstruction"}
+    with pytest.raises(ValueError, match="set feature_depth"):
+        AnomalyDetector(CopyGenerator(), nn.Identity(), img_size=SIZE, score_kind="combined")
+    with pytest.raises(ValueError, match="not an encoder depth"):
+        AnomalyDetector(CopyGenerator(), nn.Identity(), img_size=SIZE, feature_depth=2)
+
+
+def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(caplog) -> None:
+    source = copy_detector(score_kind="combined", map_kind="feature")
+    with torch.no_grad():
+        source.update_statistics(source.raw_scores(textured(50, seed=0)))
+    target = copy_detector(score_kind="combined", map_kind="feature")
+    target.load_state_dict(source.state_dict())
+    x = textured(6, seed=4, lesion=True)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+    assert bool(target.statistics.ready)
+    old = {k: v for k, v in source.state_dict().items() if ".density." not in k}
+    fresh = copy_detector(score_kind="combined", map_kind="feature")
+    with caplog.at_level(logging.WARNING, logger="scripts.detector"):
+        fresh.load_state_dict(old)
+    assert not bool(fresh.statistics.ready)  # measured again before scoring (evaluation) or refused (inference)
+    assert "no encoder-feature statistics" in caplog.text
+    torch.testing.assert_close(fresh.statistics.pixel_mean, source.statistics.pixel_mean)
+
+
+def test_generator_returns_the_encoder_feature_it_is_asked_for() -> None:
+    torch.manual_seed(0)
+    generator = SimSIDGenerator(img_size=32, num_patch=2, level=2, features_root=4, num_slots=8, mem_num_slots=8,
+                                inpaint_channels=8, num_heads=2, se_reduction=4, ops=("concat", "none"),
+                                decoder_memory=("memory", "none"), initial_combine=1).eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        plain = generator(x)
+        out = generator(x, feature_depth=1)
+        patches = torch.cat([x[:, :, :16, :16], x[:, :, :16, 16:], x[:, :, 16:, :16], x[:, :, 16:, 16:]])
+        patches = patches.reshape(4, 3, 1, 16, 16).transpose(0, 1).reshape(12, 1, 16, 16)  # B*P, row-major patches
+        depth1 = generator.downs[0](generator.stem(patches)).reshape(3, 2, 2, 8, 8, 8)
+        want = depth1.permute(0, 3, 1, 4, 2, 5).reshape(3, 8, 16, 16)
+    assert set(plain) == {"recon"} and generator.features == [4, 8, 16]
+    torch.testing.assert_close(out["recon"], plain["recon"])
+    torch.testing.assert_close(out["features"], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    with pytest.raises(ValueError, match="feature_depth"):
+        generator(x, feature_depth=3)
