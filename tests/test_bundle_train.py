@@ -69,6 +69,8 @@ def test_train_config_has_standard_properties(dataset, tmp_path):
                  "val_handlers", "val_preprocessing", "val_inferer", "train_dataset", "train_inferer"):
         assert getattr(wf, prop) is not None, prop
     assert wf.max_epochs == 7 and wf.val_interval == 3  # epochs reach train#trainer#max_epochs
+    # validation reports the AUC of every score the default detector computes
+    assert set(wf.parser.get_parsed_content("validate#additional_metrics")) == {f"val_auc_{k}" for k in SCORE_KINDS}
 
 
 @pytest.mark.parametrize("device, fused", [("cpu", True), ("meta", False)])
@@ -248,3 +250,30 @@ def test_new_run_never_replaces_existing_checkpoints(trained, dataset, tmp_path)
         _train(dataset, ckpt_dir, tmp_path, epochs=1)
     assert str(ckpt_dir) in _chain(info.value) and "--overwrite true" in _chain(info.value)
     assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before
+
+
+def test_papers_config_trains_and_evaluates_with_the_published_scoring(dataset, tmp_path):
+    """``configs/paper.json`` over train.json: the discriminator score selects checkpoint and threshold, the map is
+    the residual, and no encoder-feature statistics are measured or saved."""
+    paper = ["train.json", "paper.json"]
+    overrides = {**TINY, "dataset_dir": str(dataset), "ckpt_dir": str(tmp_path / "models")}
+    wf = run(paper, "train", "training", **overrides, output_dir=str(tmp_path / "tb"), epochs=1)
+    detector = wf.parser.get_parsed_content("detector")
+    assert detector.score_kind == "discriminator" and detector.map_kind == "residual"
+    assert detector.statistics.density is None
+    assert set(wf.parser.get_parsed_content("validate#additional_metrics")) == {"val_auc_discriminator",
+                                                                                "val_auc_reconstruction"}
+    assert not any("density" in k for k in load_checkpoint(tmp_path / "models" / "model.pt"))
+    out = tmp_path / "eval"
+    run(paper + ["evaluate.json"], "eval", "evaluating", **overrides, eval_output_dir=str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["score_kind"] == "discriminator"
+    assert {"discriminator", "reconstruction"} <= set(metrics) and not {"feature", "combined"} & set(metrics)
+    with open(out / "scores.csv") as f:
+        assert "feature_score" not in next(csv.reader(f))
+    # inference with the paper's scoring: the residual map on the overlay's residual scale
+    infer = workflow(["inference.json", "paper.json"], "infer", "inferring", ckpt_path=str(tmp_path / "models" /
+                                                                                           "model.pt"))
+    network = infer.parser.get_parsed_content("network_def")
+    assert (network.score_kind, network.map_kind, network.statistics.density) == ("discriminator", "residual", None)
+    assert infer.parser.get_parsed_content("overlay_vmax") == 0.25

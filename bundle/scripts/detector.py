@@ -246,6 +246,12 @@ class AnomalyDetector(nn.Module):
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
         self.register_buffer("smoothing_kernel", torch.outer(kernel, kernel).float()[None, None], persistent=False)
 
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """The image scores this detector computes (:meth:`normalise`): all of ``SCORE_KINDS`` with the feature
+        statistics, the discriminator and reconstruction scores without."""
+        return SCORE_KINDS if self.statistics.density is not None else SCORE_KINDS[:2]
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``, refusing first, with what to pass, weights trained at another image size
         (their per-pixel statistics have another shape); ``ckpt_export --ckpt_file`` and the checkpoint loaders

@@ -10,6 +10,7 @@ import torch
 from ignite.metrics import Metric
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
+from monai.handlers import ROCAUC
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import ForwardMode, convert_to_tensor
 from torch.optim import Optimizer
@@ -45,6 +46,11 @@ def auc_inputs(score_kind: str) -> Callable[[dict[str, torch.Tensor]], tuple[tor
         return output[f"score_{score_kind}"], output["label"].reshape(-1).long()
 
     return transform
+
+
+def score_auc_metrics(detector: AnomalyDetector) -> dict[str, Metric]:
+    """``val_auc_<kind>``: a MONAI ``ROCAUC`` of every score kind the detector computes (``score_kinds``)."""
+    return {f"val_auc_{kind}": ROCAUC(output_transform=auc_inputs(kind)) for kind in unwrap(detector).score_kinds}
 
 
 class SimSIDTrainer(Trainer):
