@@ -39,7 +39,7 @@ def bundle(tmp_path_factory) -> dict:
     (root / "models").mkdir()
     config = json.loads((CONFIGS / "inference.json").read_text())
     config.update(NETWORK_TINY)
-    config["score_kind"] = "reconstruction"  # the score with the most parts (smoothing, per-pixel statistics, top-k)
+    assert config["score_kind"] == "combined" and config["map_kind"] == "feature"  # the defaults, with the most parts
     config_file = root / "configs" / "inference.json"
     config_file.write_text(json.dumps(config, indent=4))
 
@@ -53,9 +53,10 @@ def bundle(tmp_path_factory) -> dict:
     generator = torch.Generator().manual_seed(2)  # per-pixel residual statistics unlike the defaults (0 and 1)
     statistics.pixel_mean.copy_(0.05 * torch.randn(statistics.pixel_mean.shape, generator=generator))
     statistics.pixel_std.copy_(0.02 + 0.1 * torch.rand(statistics.pixel_std.shape, generator=generator))
-    with torch.no_grad():  # reconstruction scores spread around 0.5, not saturated
-        recon_error = detector.raw_scores(torch.rand(4, 1, SIZE, SIZE, generator=generator))["recon_error"]
-    statistics.mean[1], statistics.std[1] = recon_error.mean(), recon_error.std()
+    with torch.no_grad():  # reconstruction and feature scores spread around 0.5, not saturated
+        raw = detector.raw_scores(torch.rand(40, 1, SIZE, SIZE, generator=generator))
+        statistics.density.fit(raw["pooled_features"])
+    statistics.mean[1], statistics.std[1] = raw["recon_error"].mean(), raw["recon_error"].std()
     statistics.ready.fill_(True)
     statistics.threshold.fill_(0.45)
     torch.save(detector.state_dict(), root / "models" / "model.pt")
@@ -110,6 +111,7 @@ def test_exported_module_returns_the_declared_outputs(bundle) -> None:
     assert float(module.statistics.threshold) == pytest.approx(0.45)
     assert bool(module.statistics.ready)
     assert torch.equal(module.statistics.pixel_std, bundle["detector"].statistics.pixel_std)
+    assert torch.equal(module.statistics.density.precision, bundle["detector"].statistics.density.precision)
 
 
 def test_deploy_style_run_of_a_dicom_matches_the_eager_bundle(bundle, tmp_path) -> None:

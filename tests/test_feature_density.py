@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.detector import AnomalyDetector
+from scripts.detector import FEATURE_MAP_MAX, AnomalyDetector
 from scripts.feature_density import FeatureDensity
 from scripts.networks import SimSIDGenerator
 
@@ -46,10 +46,22 @@ def test_fit_and_distance_follow_the_definition() -> None:
         diff = test.double().flatten(2)[:, :, cell].numpy() - mean
         want = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
         np.testing.assert_allclose(got[:, cell // grid, cell % grid], want, rtol=1e-4, atol=1e-4 * want.max())
-    # the image score is the largest cell; its training mean and std are kept
-    train_scores = density.distance(train).flatten(1).amax(1)
-    torch.testing.assert_close(density.score_mean, train_scores.mean(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(density.score_std, train_scores.std(), rtol=1e-5, atol=0)
+    assert density.image_score(density.distance(test)).tolist() == pytest.approx(got.reshape(5, -1).max(1), rel=1e-6)
+
+
+def test_score_statistics_are_those_of_images_the_gaussians_did_not_see() -> None:
+    """With few images per channel an image's distance to Gaussians fitted with it is much smaller than a new
+    image's; the kept mean and std are cross-fitted, so they describe new normal images."""
+    channels, grid = 8, 2
+    samples, _, _ = correlated_features(3060, channels, grid, seed=3)
+    train, fresh = samples[:60], samples[60:]
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.01)
+    density.fit(train)
+    fresh_scores = density.image_score(density.distance(fresh))
+    in_sample = density.image_score(density.distance(train)).mean()
+    assert float(in_sample) < 0.85 * float(fresh_scores.mean())  # the bias the cross-fitting removes
+    assert float(density.score_mean) == pytest.approx(float(fresh_scores.mean()), rel=0.15)
+    assert float(density.score_std) == pytest.approx(float(fresh_scores.std()), rel=0.35)
 
 
 def test_distances_of_normal_samples_average_the_channel_count_and_a_shifted_cell_stands_out() -> None:
@@ -75,8 +87,8 @@ def test_pool_averages_equal_cells_and_the_grid_must_divide_the_feature() -> Non
     torch.testing.assert_close(pooled[:, :, 1, 2], features[:, :, 3:6, 6:9].mean((-2, -1)))
     with pytest.raises(ValueError, match="feature_grid that divides 12"):
         FeatureDensity(3, feature_size=12, grid=5)
-    with pytest.raises(ValueError, match="at least 2"):
-        density.fit(pooled[:1])
+    with pytest.raises(ValueError, match="at least 3"):
+        density.fit(pooled[:2])
 
 
 class CopyGenerator(nn.Module):
@@ -124,11 +136,12 @@ def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_
     z_feature = (abnormal["feature_score"] - density.score_mean) / density.score_std
     z_recon = (abnormal["recon_error"] - detector.statistics.mean[1]) / detector.statistics.std[1]
     torch.testing.assert_close(scores_a["combined"], torch.sigmoid(z_recon + z_feature))
-    # the map: sqrt(distance / C) upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
+    # the map: sqrt(distance / C), clipped, upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
     amap = abnormal["anomaly_map"]
     with torch.no_grad():
         cell_distance = density.distance(F.avg_pool2d(textured(20, 2, True), 8))  # feature = image, 4 x 4 cells
-    want = F.interpolate((cell_distance / 1).sqrt()[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    cells = (cell_distance / 1).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]  # C = 1 channel, clipped
+    want = F.interpolate(cells, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     torch.testing.assert_close(amap, want)
     cells = F.avg_pool2d(amap, 8)[:, 0]
     assert (cells.flatten(1).argmax(1) == 2 * 4 + 1).all()
@@ -138,6 +151,14 @@ def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_
         out_map, out_score = detector(textured(20, 2, True))
     torch.testing.assert_close(out_map, amap)
     torch.testing.assert_close(out_score, scores_a["combined"])
+    # the map is clipped at FEATURE_MAP_MAX: a gross departure saturates it, the score still ranks it
+    gross = textured(2, seed=2)
+    gross[:, :, 16:24, 8:16] += 50.0
+    with torch.no_grad():
+        gross_map, gross_score = detector(gross)
+        gross_cells = density.distance(F.avg_pool2d(gross, 8)).sqrt()
+    assert float(gross_cells.max()) > 10 * FEATURE_MAP_MAX and float(gross_map.max()) <= FEATURE_MAP_MAX
+    assert gross_score.min() >= scores_a["combined"].max()
 
 
 def test_the_residual_map_and_the_papers_scores_need_no_feature_statistics() -> None:

@@ -49,6 +49,16 @@ NORMALS, ABNORMALS = ("normal_0", "normal_1", "normal_2", "normal_3"), ("abnorma
 START_TIMEOUT, REQUEST_TIMEOUT, TRAIN_TIMEOUT, STOP_TIMEOUT = 120, 120, 300, 20
 
 
+def _overlay_vmax() -> float:
+    """inference.json's ``overlay_vmax`` (for its default map), the app's default map threshold."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    return float(parser.get_parsed_content("overlay_vmax"))
+
+
+OVERLAY_VMAX = _overlay_vmax()
+
+
 def _label_python() -> Path:
     """The label environment's Python; skips (locally) or fails (CI) when it cannot import monailabel."""
     reason = None
@@ -140,8 +150,12 @@ class Server:
         status, body = self.request(method, path, **kwargs)
         return status, json.loads(body)
 
-    def infer(self, image: str, output: str = "json") -> tuple[int, bytes]:
-        return self.request("POST", f"/infer/{MODEL}?image={urllib.parse.quote(image)}&output={output}")
+    def infer(self, image: str, output: str = "json", params: dict | None = None) -> tuple[int, bytes]:
+        """POST /infer/<model>; ``params`` go as the form field MONAI Label reads a request's params from."""
+        form = urllib.parse.urlencode({"params": json.dumps(params)}).encode() if params else None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if params else None
+        return self.request("POST", f"/infer/{MODEL}?image={urllib.parse.quote(image)}&output={output}", data=form,
+                            headers=headers)
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -285,10 +299,19 @@ def test_infer_equals_inference_json(server, served_model, label_python, tmp_pat
         assert params["threshold"] == pytest.approx(float(row["threshold"]), abs=1e-7)
         assert params["score_kind"] == row["score_kind"]
 
-        # the label: the map of inference.json (voxel (i, j) = (column, row)) at the served map threshold
+        assert params["map_threshold"] == pytest.approx(OVERLAY_VMAX)  # the default: the overlay's full-colour value
+
+        # the label: the map of inference.json (voxel (i, j) = (column, row)) at a request's map threshold, the map's
+        # median here (a random model's map need not reach the default): both classes present, the comparison means
+        # something
         anomaly_map = nib.load(tmp_path / "results" / row["anomaly_map"]).get_fdata(dtype=np.float32)
-        expected = (anomaly_map >= params["map_threshold"]).astype(np.uint8)
-        status, label_bytes = server.infer(image_id, output="image")
+        threshold = float(np.median(anomaly_map))
+        expected = (anomaly_map >= threshold).astype(np.uint8)
+        status, body = server.infer(image_id, params={"map_threshold": threshold})
+        assert status == 200, body
+        params = json.loads(body)
+        assert params["map_threshold"] == pytest.approx(threshold)
+        status, label_bytes = server.infer(image_id, output="image", params={"map_threshold": threshold})
         assert status == 200
         if path.suffix == ".png":
             label = np.asarray(Image.open(io.BytesIO(label_bytes))).T  # rows x cols -> (col, row)

@@ -22,6 +22,9 @@ SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
 MAP_KINDS = ("residual", "feature")
 """Anomaly maps: ``|x - G(x)|`` or the encoder-feature distance map."""
 
+FEATURE_MAP_MAX = 10.0
+"""The feature map is clipped here (ten times the typical normal deviation), so its values have a declared range."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -167,8 +170,8 @@ class AnomalyDetector(nn.Module):
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
     ``"feature"``, the cell distances as root-mean-square standardised deviations per channel
-    (``sqrt(d2 / C)``, about 1 on normal anatomy), bilinearly upsampled to the image. The statistics and the
-    decision threshold are buffers, so they are saved in the state dict with the weights and travel with an
+    (``sqrt(d2 / C)``, about 1 on normal anatomy, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
+    The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and travel with an
     exported TorchScript module.
 
     Args:
@@ -316,7 +319,7 @@ class AnomalyDetector(nn.Module):
             raw["pooled_features"] = pooled
             raw["feature_score"] = density.image_score(distance)
             if self.map_kind == "feature":
-                cells = (distance.clamp_min(0) / density.channels).sqrt()[:, None]
+                cells = (distance.clamp_min(0) / density.channels).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]
                 raw["anomaly_map"] = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return raw
 

@@ -27,8 +27,9 @@ class FeatureDensity(nn.Module):
 
     ``mean`` (``L x C``, ``L = grid ** 2`` cells, row-major) and ``precision`` (``L x C x C``, the inverse of the
     covariance after shrinkage) are measured by :meth:`fit`; ``score_mean``/``score_std`` are the mean and standard
-    deviation of the image-level feature score (the largest cell distance) over the same images, set by
-    :meth:`fit` too. Until fitted, ``mean`` is 0 and ``precision`` the identity (the distance is then the squared norm).
+    deviation of the image-level feature score (the largest cell distance) of normal images the Gaussians were not
+    fitted to (cross-fitted over the same images), set by :meth:`fit` too. Until fitted, ``mean`` is 0 and
+    ``precision`` the identity (the distance is then the squared norm).
 
     Shrinkage: the covariance ``S`` of a cell becomes ``S + shrinkage * mean(diag(S)) * I``, so it is invertible with
     fewer images than channels and its smallest directions do not dominate the distance.
@@ -79,25 +80,46 @@ class FeatureDensity(nn.Module):
         """The image-level feature score: the largest cell distance, ``N x grid x grid`` -> ``N``."""
         return distance.flatten(1).amax(1)
 
-    @torch.no_grad()
-    def fit(self, pooled: Tensor) -> None:
-        """Measure every cell's Gaussian from the pooled features of N normal images (``N x C x grid x grid``, N >= 2),
-        then the mean and standard deviation of their image scores."""
-        if pooled.shape[0] < 2:
-            raise ValueError(f"the feature statistics need at least 2 training images, got {pooled.shape[0]}.")
-        if pooled.shape[1:] != (self.channels, self.grid, self.grid):
-            raise ValueError(f"pooled features must be N x {self.channels} x {self.grid} x {self.grid}, "
-                             f"got {tuple(pooled.shape)}.")
-        x = pooled.double().flatten(2).permute(2, 0, 1).to(self.mean.device)  # L x N x C
+    def _gaussians(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-cell mean (``L x C``) and shrunk precision (``L x C x C``) of ``L x N x C`` features, float64."""
         mean = x.mean(1)
         centred = x - mean[:, None]
         cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
         scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
         eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
-        cov = cov + self.shrinkage * scale[:, None, None] * eye
+        return mean, torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye)
+
+    @staticmethod
+    def _scores(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+        """Image scores (``N``) of ``L x N x C`` features under per-cell Gaussians."""
+        diff = x - mean[:, None]
+        return torch.einsum("lnc,lcd,lnd->ln", diff, precision, diff).amax(0)
+
+    @torch.no_grad()
+    def fit(self, pooled: Tensor, folds: int = 5) -> None:
+        """Measure every cell's Gaussian from the pooled features of N normal images (``N x C x grid x grid``,
+        N >= 3), and the mean and standard deviation of the image score of a normal image the model has not seen.
+
+        An image's distance to a Gaussian fitted with it is smaller than a new image's (the more so the fewer the
+        images per channel), so the score statistics come from ``folds``-fold cross-fitting: each fold is scored
+        by the Gaussians of the other images. The Gaussians kept are fitted to all N images.
+        """
+        n = pooled.shape[0]
+        if n < 3:
+            raise ValueError(f"the feature statistics need at least 3 training images, got {n}.")
+        if pooled.shape[1:] != (self.channels, self.grid, self.grid):
+            raise ValueError(f"pooled features must be N x {self.channels} x {self.grid} x {self.grid}, "
+                             f"got {tuple(pooled.shape)}.")
+        x = pooled.double().flatten(2).permute(2, 0, 1).to(self.mean.device)  # L x N x C
+        fold = torch.arange(n, device=x.device) % min(folds, n)
+        held_out = []
+        for k in range(int(fold.max()) + 1):
+            mean, precision = self._gaussians(x[:, fold != k])
+            held_out.append(self._scores(x[:, fold == k], mean, precision))
+        scores = torch.cat(held_out)
+        mean, precision = self._gaussians(x)
         self.mean.copy_(mean)
-        self.precision.copy_(torch.linalg.inv(cov))
-        scores = self.image_score(self.distance(pooled.to(self.mean.device)))
+        self.precision.copy_(precision)
         self.score_mean.copy_(scores.mean())
         self.score_std.copy_(scores.std().clamp_min(1e-6))
 
