@@ -103,6 +103,12 @@ class CopyGenerator(nn.Module):
             out["features"] = x
         return out
 
+    def encoder_feature(self, x: torch.Tensor, feature_depth: int) -> torch.Tensor:
+        self.encoder_calls += 1
+        return x
+
+    encoder_calls = 0
+
 
 def textured(n: int, seed: int, lesion: bool = False) -> torch.Tensor:
     """Smooth random images in [0, 1]; with ``lesion`` a bright 8 x 8 block at rows 16-23, columns 8-15."""
@@ -211,5 +217,32 @@ def test_generator_returns_the_encoder_feature_it_is_asked_for() -> None:
     assert set(plain) == {"recon"} and generator.features == [4, 8, 16]
     torch.testing.assert_close(out["recon"], plain["recon"])
     torch.testing.assert_close(out["features"], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    with torch.no_grad():  # the encoder blocks alone give the same feature
+        torch.testing.assert_close(generator.encoder_feature(x, 1), out["features"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="feature_depth"):
         generator(x, feature_depth=3)
+
+
+def test_statistics_measure_the_features_on_more_images_than_the_scores() -> None:
+    """compute_score_statistics: residual and discriminator statistics over the first ``max_images``, the feature
+    statistics over the first ``feature_max_images`` (those past ``max_images`` by the encoder alone)."""
+    from monai.data import DataLoader
+
+    from scripts.handlers import compute_score_statistics
+
+    images = torch.cat([textured(10, seed=6), textured(4, seed=7, lesion=True)])  # the last 4 past both caps
+    loader = DataLoader([{"image": im} for im in images], batch_size=3)
+    detector = copy_detector(score_kind="combined", map_kind="feature")
+    compute_score_statistics(detector, loader, "cpu", max_images=4, feature_max_images=10)
+    want = copy_detector(score_kind="combined", map_kind="feature")
+    with torch.no_grad():
+        want.update_statistics({**want.raw_scores(images[:4]), "pooled_features": want.pooled_features(images[:10])})
+    for name, value in want.statistics.state_dict().items():
+        torch.testing.assert_close(detector.statistics.state_dict()[name], value, msg=name)
+    assert detector.generator.encoder_calls >= 2  # images 5-10 went through the encoder alone
+    other = copy_detector(score_kind="combined", map_kind="feature")
+    compute_score_statistics(other, loader, "cpu", max_images=4, feature_max_images=14)  # all 14 now
+    with torch.no_grad():
+        all_cells = want.pooled_features(images).flatten(2).mean(0).T  # L x C: the mean over the 14 images
+    torch.testing.assert_close(other.statistics.density.mean, all_cells)
+    assert not torch.allclose(detector.statistics.density.mean, all_cells, atol=1e-3)

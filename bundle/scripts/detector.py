@@ -177,7 +177,8 @@ class AnomalyDetector(nn.Module):
     Args:
         generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"`` (and, with
             ``feature_depth``, whose ``forward(x, feature_depth=d)`` adds ``"features"``, the encoder feature at
-            depth ``d`` as whole images, and whose ``features`` lists the channels per depth).
+            depth ``d`` as whole images, whose ``encoder_feature(x, d)`` returns that feature alone, and whose
+            ``features`` lists the channels per depth).
         discriminator: maps B x 1 x H x W images to B x 1 logits.
         score_kind: which score ``forward`` returns, one of ``SCORE_KINDS``.
         img_size: side of the scored images; ``None`` takes ``generator.img_size``.
@@ -323,13 +324,23 @@ class AnomalyDetector(nn.Module):
                 raw["anomaly_map"] = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return raw
 
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled encoder features of B x 1 x H x W images (``B x C x grid x grid``), running only the encoder
+        blocks up to ``feature_depth``: what the feature statistics are measured from."""
+        if self.statistics.density is None:
+            raise ValueError("this detector has no feature statistics (feature_depth is None).")
+        if isinstance(x, MetaTensor):
+            x = x.as_tensor()
+        return self.statistics.density.pool(self.generator.encoder_feature(x, self.feature_depth))
+
     @torch.no_grad()
     def update_statistics(self, raw: Mapping[str, torch.Tensor]) -> None:
-        """Measure all score statistics over N normal training images from their :meth:`raw_scores` (gathered over
+        """Measure all score statistics over normal training images from their :meth:`raw_scores` (gathered over
         the images): with ``feature_depth`` first the feature statistics from ``"pooled_features"``
-        (N x C x grid x grid), then the per-pixel statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W),
-        then the mean and std of the discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the
-        new per-pixel statistics give."""
+        (M x C x grid x grid; these may come from more images, :meth:`pooled_features`), then the per-pixel
+        statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W), then the mean and std of the
+        discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the new per-pixel statistics
+        give."""
         density = self.statistics.density
         if density is not None:
             density.fit(raw["pooled_features"])

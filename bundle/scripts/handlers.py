@@ -49,31 +49,40 @@ def compute_score_statistics(
     device: torch.device | str,
     max_images: int = 200,
     amp: bool = False,
+    feature_max_images: int = 2000,
 ) -> None:
-    """Measure the score-normalisation statistics over up to ``max_images`` training images.
+    """Measure the score-normalisation statistics over up to ``max_images`` training images (the feature statistics
+    over up to ``feature_max_images``).
 
-    The detector runs in eval mode on un-augmented normal training images; the discriminator logits, the
-    smoothed reconstruction residuals (N x 1 x H x W) and, with feature statistics, the pooled encoder features
-    (N x C x grid x grid) of all of them are collected on the CPU, then
+    The detector runs in eval mode on un-augmented normal training images; the discriminator logits and the
+    smoothed reconstruction residuals (N x 1 x H x W) of the first ``max_images`` and, with feature statistics, the
+    pooled encoder features (M x C x grid x grid) of the first ``feature_max_images`` are collected on the CPU (the
+    features of images past ``max_images`` by the encoder blocks alone, a small part of the generator's cost), then
     :meth:`~scripts.detector.AnomalyDetector.update_statistics` measures the feature statistics, the per-pixel
-    residual statistics and the mean and std of the raw scores. Under ``torch.distributed`` give each rank its shard of the
-    images: the logits and residuals of all ranks are gathered, so every rank gets the statistics of the
-    whole set. Every rank must call it.
+    residual statistics and the mean and std of the raw scores. Under ``torch.distributed`` give each rank its
+    shard of the images: what every rank collected is gathered, so every rank gets the statistics of the whole
+    set. Every rank must call it.
     """
     detector = unwrap(detector)
     was_training = detector.training
     detector.eval()
+    with_features = detector.statistics.density is not None
+    cap = max(max_images, feature_max_images) if with_features else max_images
     disc, residual, pooled, seen = [], [], [], 0
     for batch in data_loader:
-        x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: max_images - seen]
+        x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: cap - seen]
+        scored = max(0, min(x.shape[0], max_images - seen))
         with autocast_context(device, amp):
-            raw = detector.raw_scores(x)
-        disc.append(raw["disc_logit"].float().cpu())
-        residual.append(raw["residual"].float().cpu())
-        if "pooled_features" in raw:
-            pooled.append(raw["pooled_features"].float().cpu())
+            if scored:
+                raw = detector.raw_scores(x[:scored])
+                disc.append(raw["disc_logit"].float().cpu())
+                residual.append(raw["residual"].float().cpu())
+                if with_features:
+                    pooled.append(raw["pooled_features"].float().cpu())
+            if with_features and scored < x.shape[0]:
+                pooled.append(detector.pooled_features(x[scored:]).float().cpu())
         seen += x.shape[0]
-        if seen >= max_images:
+        if seen >= cap:
             break
     detector.train(was_training)
     pixel_shape = tuple(detector.statistics.pixel_mean.shape[1:])
@@ -85,16 +94,19 @@ def compute_score_statistics(
     if seen == 0:
         raise ValueError("no training images to compute the score statistics from.")
     gathered = {"disc_logit": disc_all, "residual": residual_all}
-    if pooled:
-        gathered["pooled_features"] = evenly_divisible_all_gather(torch.cat(pooled), concat=True)[:max_images]
+    if with_features:
+        gathered["pooled_features"] = evenly_divisible_all_gather(torch.cat(pooled), concat=True)[:feature_max_images]
     detector.update_statistics(gathered)
     statistics = detector.statistics
     logger.info(
         "score statistics over %d training images: disc logit %.4f +- %.4f, recon score %.4f +- %.4f "
-        "(residual std per pixel %.4f to %.4f, median %.4f, plus the floor %g x median)",
+        "(residual std per pixel %.4f to %.4f, median %.4f, plus the floor %g x median)%s",
         seen, *(float(v) for v in (statistics.mean[0], statistics.std[0], statistics.mean[1], statistics.std[1],
                                     statistics.pixel_std.min(), statistics.pixel_std.max(),
                                     statistics.pixel_std.median(), statistics.std_floor)),
+        f"; feature statistics over {gathered['pooled_features'].shape[0]} images: feature score "
+        f"{float(statistics.density.score_mean):.4f} +- {float(statistics.density.score_std):.4f}"
+        if with_features else "",
     )
 
 
@@ -107,6 +119,7 @@ class ScoreStatisticsHandler:
         max_images: how many images (the method measures them on up to 200: ``docs/method.md``, "Scoring").
         only_if_missing: skip when the statistics are already there (e.g. loaded from a checkpoint).
         amp: autocast while scoring.
+        feature_max_images: how many images the feature statistics are measured on (when the detector has them).
     """
 
     def __init__(
@@ -116,12 +129,14 @@ class ScoreStatisticsHandler:
         max_images: int = 200,
         only_if_missing: bool = False,
         amp: bool = False,
+        feature_max_images: int = 2000,
     ) -> None:
         self.detector = detector
         self.data_loader = data_loader
         self.max_images = max_images
         self.only_if_missing = only_if_missing
         self.amp = amp
+        self.feature_max_images = feature_max_images
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -130,7 +145,8 @@ class ScoreStatisticsHandler:
         if self.only_if_missing and bool(unwrap(self.detector).statistics.ready):
             logger.info("score statistics loaded with the checkpoint; not recomputed.")
             return
-        compute_score_statistics(self.detector, self.data_loader, engine.state.device, self.max_images, self.amp)
+        compute_score_statistics(self.detector, self.data_loader, engine.state.device, self.max_images, self.amp,
+                                 self.feature_max_images)
 
 
 class ScoreCollector:

@@ -344,9 +344,23 @@ class SimSIDGenerator(nn.Module):
                 feature = unpatchify(x, self.num_patch)
         return x, skips, feature
 
-    def forward(self, x: Tensor, feature_depth: int | None = None) -> dict[str, Tensor | list[Tensor]]:
-        if feature_depth is not None and not 0 <= feature_depth < len(self.features):
+    def _check_feature_depth(self, feature_depth: int) -> None:
+        if not 0 <= feature_depth < len(self.features):
             raise ValueError(f"feature_depth must be in [0, {len(self.features) - 1}], got {feature_depth}.")
+
+    def encoder_feature(self, x: Tensor, feature_depth: int) -> Tensor:
+        """The encoder output at ``feature_depth`` alone (what ``forward(x, feature_depth)`` returns as
+        ``"features"``), running only the blocks up to that depth: ``B x features[d] x H / 2**d x W / 2**d``."""
+        self._check_feature_depth(feature_depth)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = self.stem(patchify(x, self.num_patch, memory_format))
+        for down in self.downs[:feature_depth]:
+            x = down(x)
+        return unpatchify(x, self.num_patch)
+
+    def forward(self, x: Tensor, feature_depth: int | None = None) -> dict[str, Tensor | list[Tensor]]:
+        if feature_depth is not None:
+            self._check_feature_depth(feature_depth)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         bottleneck, skips, feature = self.encode(x, memory_format, feature_depth)
         inpainted, queries = self.inpaint(bottleneck)
