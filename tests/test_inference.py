@@ -520,6 +520,27 @@ def test_model_without_score_statistics_stops_and_says_what_to_do(tmp_path) -> N
     assert not (tmp_path / "out" / "anomaly_scores.csv").exists()
 
 
+def test_model_without_feature_statistics_is_refused_then_scored_without_them(tmp_path) -> None:
+    """A model.pt of bundle 0.2 (measured statistics, no encoder-feature statistics) is refused by the default
+    combined score, with the overrides that score it without them; with those overrides it is scored."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(np.rint(synthetic(5) * 255).astype(np.uint8)).save(inputs / "x.png")
+    state = {k: v for k, v in tiny_detector().state_dict().items() if ".density." not in k}
+    state["statistics.ready"].fill_(True)
+    ckpt = tmp_path / "model_0_2.pt"
+    torch.save(state, ckpt)
+    with pytest.raises(Exception) as info:
+        run(run_inference(inputs, tmp_path / "out", ckpt))
+    assert any(isinstance(e, RuntimeError) and "--feature_depth '$None' --score_kind reconstruction --map_kind "
+               "residual" in str(e) for e in exception_chain(info.value))
+    run(run_inference(inputs, tmp_path / "out2", ckpt, feature_depth="$None", score_kind="reconstruction",
+                      map_kind="residual"))
+    with open(tmp_path / "out2" / "anomaly_scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["score_kind"]) for r in rows] == [("ok", "reconstruction")] and 0 < float(rows[0]["score"]) < 1
+
+
 def test_failed_load_gives_a_placeholder_that_collates(tmp_path) -> None:
     good = tmp_path / "good.png"
     Image.fromarray(np.rint(synthetic(6, 50, 40) * 255).astype(np.uint8)).save(good)

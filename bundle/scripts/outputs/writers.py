@@ -304,7 +304,9 @@ class ScoreCSVWriter:
                 "older version of this bundle (without the per-pixel reconstruction statistics), so its scores "
                 "cannot be normalised and its decision threshold is not set. Train it with this version "
                 "(python -m monai.bundle run training --config_file configs/train.json): the models/model.pt it "
-                "writes holds the statistics measured on the training images and the validation threshold."
+                "writes holds the statistics measured on the training images and the validation threshold. A model "
+                "of bundle 0.2 (no encoder-feature statistics) scores without them: add --feature_depth '$None' "
+                "--score_kind reconstruction --map_kind residual."
             )
         self.output_file.parent.mkdir(parents=True, exist_ok=True)
         try:
