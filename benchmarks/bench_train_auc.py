@@ -1,5 +1,5 @@
 """Quality benchmark: train the default config on the built-in synthetic set within a time budget, then
-evaluate the best checkpoint on the test split and print the test AUC of both scores, overall and per
+evaluate the best checkpoint on the test split and print the test AUC of every score, overall and per
 finding kind, beside the PCA floor (80 components at 64 x 64) on the same data.
 
 Usage (from the repository root)::
@@ -7,8 +7,8 @@ Usage (from the repository root)::
     python benchmarks/bench_train_auc.py --minutes 30 --threads 2 [--workdir /tmp/auc] [-- --img_size 64 ...]
 
 Everything after ``--`` is passed to the bundle as config overrides (``--name value`` pairs). Prints a JSON
-summary last; ``--json FILE`` also writes it to a file. ``reconstruction_vs_floor`` gives, overall and per finding
-kind, both AUCs with 95 % stratified-bootstrap intervals and the paired difference model - floor on the same test
+summary last; ``--json FILE`` also writes it to a file. ``model_vs_floor`` gives, overall and per finding kind, the
+AUC of the model's score (its ``score_kind``) and the floor's with 95 % stratified-bootstrap intervals and the paired difference model - floor on the same test
 images (its interval, and ``p_not_better``: the fraction of resamples in which the model did not beat the floor).
 ``--report-only`` recomputes that comparison from an earlier run's ``WORKDIR/eval`` without training, and
 ``--paired-with WORKDIR2`` adds the paired difference to another run evaluated on the same images
@@ -98,7 +98,7 @@ Subsets = dict[str, tuple[np.ndarray, np.ndarray]]
 def _auc_by_finding(scored: list[dict], subsets: Subsets) -> dict[str, dict[str, float]]:
     """Per finding kind: AUC of each score, normal test images against that kind's test images."""
     result: dict[str, dict[str, float]] = {}
-    for score in ("score_discriminator", "score_reconstruction"):
+    for score in (k for k in scored[0] if k.startswith("score_")):
         s = np.array([float(r[score]) for r in scored])
         for kind, (keep, labels) in subsets.items():
             if kind == "overall":
@@ -155,23 +155,24 @@ def _against_floor(subsets: Subsets, model: np.ndarray, floor: np.ndarray) -> di
     return result
 
 
-def _reconstruction_scores(scored: list[dict]) -> np.ndarray:
-    return np.array([float(r["score_reconstruction"]) for r in scored])
+def _model_scores(scored: list[dict], kind: str) -> np.ndarray:
+    return np.array([float(r[f"score_{kind}"]) for r in scored])
 
 
-def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path | None = None) -> dict[str, Any]:
-    """The test-split part of the summary from the ``scores.csv`` in ``eval_dir`` of the test split of ``test_dir``;
-    with ``paired_with`` (another benchmark workdir, evaluated on the same test split) also the paired difference
-    of the reconstruction score's AUC, this run - that run, overall and per kind."""
+def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, kind: str, paired_with: Path | None = None
+             ) -> dict[str, Any]:
+    """The test-split part of the summary from the ``scores.csv`` in ``eval_dir`` of the test split of ``test_dir``,
+    for the score ``kind``; with ``paired_with`` (another benchmark workdir, evaluated on the same test split) also
+    the paired difference of that score's AUC, this run - that run, overall and per kind."""
     test, scored = _test_rows(eval_dir / "scores.csv", test_dir / "findings.csv", test_dir)
-    model = _reconstruction_scores(scored)
+    model = _model_scores(scored, kind)
     subsets = _kind_masks(test)
     against = _against_floor(subsets, model, _floor_scores(train_dir, test_dir, test))
     extra = {}
     if paired_with is not None:
         _, other = _test_rows(paired_with / eval_dir.name / "scores.csv", test_dir / "findings.csv",
                               paired_with / test_dir.name)
-        other_scores = _reconstruction_scores(other)
+        other_scores = _model_scores(other, kind)
         extra["minus_paired_run"] = {"run": str(paired_with), **{
             kind: _difference(paired_auc_difference(model[keep], other_scores[keep], labels))
             for kind, (keep, labels) in subsets.items()
@@ -181,7 +182,8 @@ def _quality(eval_dir: Path, train_dir: Path, test_dir: Path, paired_with: Path 
                         "abnormal": sum(r["finding"] != "normal" for r in test)},
         "test_auc_by_finding": _auc_by_finding(scored, subsets),
         "pca_floor_auc": {kind: values["floor_auc"] for kind, values in against.items()},
-        "reconstruction_vs_floor": against,
+        "score_kind": kind,
+        "model_vs_floor": against,
         **extra,
     }
 
@@ -201,7 +203,7 @@ def main() -> None:
                         help="with --test-images: seed of the test images; 0 (default) extends the built-in test split, "
                         "another seed draws a fresh, independent set (e.g. to confirm a choice made on seed 0)")
     parser.add_argument("--paired-with", type=Path, metavar="WORKDIR2",
-                        help="also report this run's reconstruction AUC minus that of the run in WORKDIR2 (evaluated on "
+                        help="also report this run's AUC (its score_kind) minus that of the run in WORKDIR2 (evaluated on "
                         "the same test split, e.g. with the same --test-images), paired on the same images")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
@@ -262,9 +264,11 @@ def _evaluate(args: argparse.Namespace, override: dict[str, Any], dataset_dir: P
     if args.test_images or not args.report_only:
         _workflow(["train.json", "evaluate.json"], "eval", "evaluating", **eval_override, overwrite=True).run()
     metrics = json.loads((eval_dir / "metrics.json").read_text())
+    kinds = [k for k in metrics if isinstance(metrics[k], dict) and "auc" in metrics[k]]
     return {
-        "test_auc": {k: metrics[k]["auc"] for k in ("discriminator", "reconstruction")},
-        **_quality(eval_dir, dataset_dir, test_dir, args.paired_with),
+        "test_auc": {k: metrics[k]["auc"] for k in kinds},
+        **({"pixel_auroc": metrics["pixel"]["auroc"]} if "pixel" in metrics else {}),
+        **_quality(eval_dir, dataset_dir, test_dir, metrics["score_kind"], args.paired_with),
     }
 
 
