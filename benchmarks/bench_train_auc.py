@@ -8,8 +8,8 @@ Usage (from the repository root)::
 
 Everything after ``--`` is passed to the bundle as config overrides (``--name value`` pairs). Prints a JSON
 summary last; ``--json FILE`` also writes it to a file. ``model_vs_floor`` gives, overall and per finding kind, the
-AUC of the model's score (its ``score_kind``) and the floor's with 95 % stratified-bootstrap intervals and the paired difference model - floor on the same test
-images (its interval, and ``p_not_better``: the fraction of resamples in which the model did not beat the floor).
+AUC of the model's score (its ``score_kind``) and the floor's with 95 % stratified-bootstrap intervals and the
+paired difference model - floor on the same test images (its interval, and ``p_not_better``: the fraction of resamples in which the model did not beat the floor).
 ``--report-only`` recomputes that comparison from an earlier run's ``WORKDIR/eval`` without training, and
 ``--paired-with WORKDIR2`` adds the paired difference to another run evaluated on the same images
 (``minus_paired_run``), e.g. to compare two settings::

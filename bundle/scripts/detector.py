@@ -171,8 +171,8 @@ class AnomalyDetector(nn.Module):
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
     ``"feature"``, the cell distances as root-mean-square standardised deviations per channel
     (``sqrt(d2 / C)``, about 1 on normal anatomy, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
-    The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and travel with an
-    exported TorchScript module.
+    The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
+    travel with an exported TorchScript module.
 
     Args:
         generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"`` (and, with
