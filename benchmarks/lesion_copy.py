@@ -66,7 +66,7 @@ def pair_measures(detector: torch.nn.Module, rng: np.random.Generator, kind: str
         z = detector.statistics.standardise(raw["residual"]).abs()
     lesion = (x[0, 0] - x[1, 0])[inside]
     change = (raw["recon"][0, 0] - raw["recon"][1, 0])[inside]
-    residual = raw["anomaly_map"][0, 0]
+    residual = (x[0, 0] - raw["recon"][0, 0]).abs()  # |x - G(x)|, whatever map the detector writes
     return {
         "copied_fraction": float((change * lesion).sum() / (lesion * lesion).sum().clamp_min(1e-12)),
         "residual_contrast": float(residual[inside].mean() / residual[~inside].mean().clamp_min(1e-12)),
