@@ -131,7 +131,7 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
     progress = [r.getMessage() for r in caplog.records if r.name == "scripts.progress"]
     assert len(progress) == 1 and progress[0].startswith(f"evaluated {total} / {total} images (") and "in all" in progress[0]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["score_kind"] == "combined"
+    assert metrics["score_kind"] == "feature"
     for kind in SCORE_KINDS:
         m = metrics[kind]
         assert m["num_images"] == N_TEST_NORMAL + N_TEST_ABNORMAL and m["num_abnormal"] == N_TEST_ABNORMAL
