@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import DataLoader
 from torch import nn
+from torch.utils.data import Subset
 
 from bundle_utils import BUNDLE, CONFIGS, TINY
 from scripts import distributed
@@ -39,6 +41,7 @@ SETTINGS = {
     "batch_size": 2,
     "epochs": 2,
     "stats_max_images": STATS_IMAGES,
+    "feature_stats_max_images": STATS_IMAGES,
     "dist_timeout_s": 120,
     # the untrained TINY discriminator gives nearly constant logits (std ~1e-5), so its normalised scores amplify
     # rounding differences between batchings; the reconstruction score is well conditioned
@@ -173,10 +176,20 @@ def test_validation_is_sharded_and_gathered(ddp_run, dataset):
     detector.generator.load_state_dict(dumps[0]["generator"])
     detector.discriminator.load_state_dict(dumps[0]["discriminator"])
     detector.eval()
-    compute_score_statistics(detector, parser.get_parsed_content("stats#dataloader"), "cpu", STATS_IMAGES)
+    # the images in the order the ranks' statistics gathered them (rank 0's shard, then rank 1's): the feature score's
+    # cross-fitting folds follow the order
+    gathered = Subset(parser.get_parsed_content("stats#dataset"), [i for d in dumps for i in d["stats_indices"]])
+    compute_score_statistics(detector, DataLoader(gathered, batch_size=2), "cpu", STATS_IMAGES,
+                             feature_max_images=STATS_IMAGES)
+    single = detector.statistics.state_dict()
     for d in dumps:
-        for key in ("mean", "std", "pixel_mean", "pixel_std"):
-            assert torch.allclose(d["statistics"][key], detector.statistics.state_dict()[key], rtol=1e-4, atol=1e-6)
+        for key in ("mean", "std", "pixel_mean", "pixel_std", "density.mean"):
+            assert torch.allclose(d["statistics"][key], single[key], rtol=1e-4, atol=1e-6), key
+        # the feature statistics of all ranks' images: the precision (an inverse) and the cross-fitted score
+        # statistics compared at their own scale
+        for key in ("density.precision", "density.score_mean", "density.score_std"):
+            scale = single[key].abs().max()
+            assert (d["statistics"][key] - single[key]).abs().max() <= 1e-3 * scale, key
 
     scores, labels = [], []
     with torch.no_grad():

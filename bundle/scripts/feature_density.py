@@ -102,7 +102,8 @@ class FeatureDensity(nn.Module):
 
         An image's distance to a Gaussian fitted with it is smaller than a new image's (the more so the fewer the
         images per channel), so the score statistics come from ``folds``-fold cross-fitting: each fold is scored
-        by the Gaussians of the other images. The Gaussians kept are fitted to all N images.
+        by the Gaussians of the other images (image ``i`` is in fold ``i % folds``, so these two values depend on the
+        images' order, e.g. how the ranks' shards were gathered). The Gaussians kept are fitted to all N images.
         """
         n = pooled.shape[0]
         if n < 3:
