@@ -9,7 +9,6 @@ image's features lie from it (squared Mahalanobis distance), cell by cell (``doc
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureDensity"]
+__all__ = ["FeatureDensity", "squared_mahalanobis"]
 
-logger = logging.getLogger(__name__)
+
+def squared_mahalanobis(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+    """``(x - mean)^T precision (x - mean)`` per cell and image: ``L x N x C`` features, ``L x C`` means and
+    ``L x C x C`` precisions -> ``L x N``."""
+    diff = x - mean[:, None]
+    return torch.einsum("lnc,lcd,lnd->ln", diff, precision, diff)
 
 
 class FeatureDensity(nn.Module):
@@ -69,11 +73,9 @@ class FeatureDensity(nn.Module):
 
     def distance(self, pooled: Tensor) -> Tensor:
         """Squared Mahalanobis distance of every cell, ``N x C x grid x grid`` -> ``N x grid x grid`` (float32)."""
-        n = pooled.shape[0]
         with torch.autocast(pooled.device.type, enabled=False):
-            diff = pooled.float().flatten(2).transpose(1, 2) - self.mean  # N x L x C
-            dist = torch.einsum("nlc,lcd,nld->nl", diff, self.precision, diff)
-        return dist.reshape(n, self.grid, self.grid)
+            dist = squared_mahalanobis(pooled.float().flatten(2).permute(2, 0, 1), self.mean, self.precision)
+        return dist.T.reshape(pooled.shape[0], self.grid, self.grid)
 
     @staticmethod
     def image_score(distance: Tensor) -> Tensor:
@@ -88,12 +90,6 @@ class FeatureDensity(nn.Module):
         scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
         eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
         return mean, torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye)
-
-    @staticmethod
-    def _scores(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
-        """Image scores (``N``) of ``L x N x C`` features under per-cell Gaussians."""
-        diff = x - mean[:, None]
-        return torch.einsum("lnc,lcd,lnd->ln", diff, precision, diff).amax(0)
 
     @torch.no_grad()
     def fit(self, pooled: Tensor, folds: int = 5) -> None:
@@ -116,7 +112,7 @@ class FeatureDensity(nn.Module):
         held_out = []
         for k in range(int(fold.max()) + 1):
             mean, precision = self._gaussians(x[:, fold != k])
-            held_out.append(self._scores(x[:, fold == k], mean, precision))
+            held_out.append(squared_mahalanobis(x[:, fold == k], mean, precision).amax(0))  # image scores
         scores = torch.cat(held_out)
         mean, precision = self._gaussians(x)
         self.mean.copy_(mean)

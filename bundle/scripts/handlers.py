@@ -222,8 +222,8 @@ class EvaluationReport(ScoreCollector):
     threshold; ``per_finding``: the AUC and interval of the normal images against each finding kind, when the
     datalist gives kinds; and ``pixel``: the pixel-level AUROC of the maps of ``PIXEL_MAPS`` against the lesion
     masks, when the datalist gives masks; the map written for users enters as ``m / (1 + m)``, monotone into
-    [0, 1), as the binned AUROC needs), ``scores.csv`` (per image: file, label, kind, raw and normalised scores, decision),
-    ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
+    [0, 1), as the binned AUROC needs), ``scores.csv`` (per image: file, label, kind, raw and normalised scores,
+    decision), ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
     most and least abnormal-looking normal and abnormal images).
 
     Args:
