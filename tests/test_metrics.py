@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.quality_stats import paired_auc_difference
 from scripts.metrics import (
@@ -13,8 +14,10 @@ from scripts.metrics import (
     auc_or_nan,
     best_accuracy_operating_point,
     bootstrap_aucs,
+    connected_components,
     detection_metrics,
     finding_subsets,
+    PixelAUPRO,
     PixelAUROC,
     roc_curve,
 )
@@ -210,3 +213,175 @@ def test_pixel_auroc_edge_cases() -> None:
     assert np.isnan(normals_only.compute())
     with pytest.raises(ValueError, match="differ in size"):
         PixelAUROC().update(np.zeros((2, 8, 8)), masks)
+
+
+def _flood_fill_regions(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 8-connected regions of one 2-D boolean mask by flood fill, each as (rows, columns) of its pixels."""
+    seen = np.zeros(mask.shape, bool)
+    regions = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, pixels = [start], []
+        while stack:
+            r, c = stack.pop()
+            pixels.append((r, c))
+            for rr in range(max(r - 1, 0), min(r + 2, mask.shape[0])):
+                for cc in range(max(c - 1, 0), min(c + 2, mask.shape[1])):
+                    if mask[rr, cc] and not seen[rr, cc]:
+                        seen[rr, cc] = True
+                        stack.append((rr, cc))
+        regions.append(tuple(np.array(pixels).T))
+    return regions
+
+
+def _exact_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+    """AUPRO with a threshold at every distinct map value (flagged: value >= threshold), PRO linear between
+    thresholds and cut at ``max_fpr``, over the flood-filled regions of each ``H x W`` mask."""
+    maps, masks = maps.reshape(-1, *maps.shape[-2:]), masks.reshape(-1, *masks.shape[-2:])
+    thresholds = np.unique(maps)[::-1]
+
+    def flagged_fraction(values: np.ndarray) -> np.ndarray:  # per threshold, the fraction of values >= it
+        return 1 - np.searchsorted(np.sort(values), thresholds, side="left") / values.size
+
+    fpr = np.concatenate([[0.0], flagged_fraction(maps[~masks])])
+    overlaps = [flagged_fraction(image[region]) for image, mask in zip(maps, masks)
+                for region in _flood_fill_regions(mask)]
+    pro = np.concatenate([[0.0], np.mean(overlaps, axis=0)])
+    area = 0.0
+    for x0, x1, y0, y1 in zip(fpr[:-1], fpr[1:], pro[:-1], pro[1:]):
+        if x0 >= max_fpr:
+            break
+        if x1 > max_fpr:
+            x1, y1 = max_fpr, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / max_fpr
+
+
+def _lesions_and_maps(seed: int, num_images: int = 6, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``N x 1 x size x size`` with 2-4 random rectangles per image (some merge; the last image is normal) and
+    maps ``noise + a different brightness per region``, both in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((num_images, 1, size, size), bool)
+    for mask in masks[:-1, 0]:
+        for _ in range(rng.integers(2, 5)):
+            (h, w), (r, c) = rng.integers(1, 7, 2), rng.integers(0, size - 6, 2)
+            mask[r:r + h, c:c + w] = True
+    maps = rng.normal(0.35, 0.15, masks.shape)
+    for image, mask in zip(maps[:, 0], masks[:, 0]):
+        for region in _flood_fill_regions(mask):
+            image[region] += rng.uniform(0.0, 0.5)
+    return np.clip(maps, 0, 1), masks
+
+
+def test_connected_components_use_8_connectivity_per_image() -> None:
+    diagonal = np.zeros((1, 4, 4), bool)
+    diagonal[0, 0, 0] = diagonal[0, 1, 1] = True  # touch only at a corner
+    labels = connected_components(diagonal)
+    assert labels.dtype == torch.int64 and labels.shape == diagonal.shape
+    assert labels[0, 0, 0] == labels[0, 1, 1] == 1 and int(labels.max()) == 1
+    blobs = np.zeros((2, 1, 6, 7), bool)
+    blobs[:, 0, 1:4, 0:2] = True
+    blobs[:, 0, 2:5, 3:6] = True  # an empty column between the blobs
+    labels = connected_components(blobs)[:, 0]
+    assert labels.shape == (2, 6, 7) and int(labels.max()) == 4  # two per image, the images labelled apart
+    assert len({int(labels[i][region].unique().item()) for i in range(2) for region in
+                (blobs[i, 0] & (np.arange(7) < 2), blobs[i, 0] & (np.arange(7) > 2))}) == 4
+    assert not labels[~blobs[:, 0]].any()
+    assert not connected_components(np.zeros((3, 5, 5))).any()
+
+
+def test_connected_components_match_a_flood_fill() -> None:
+    masks = np.random.default_rng(4).random((5, 40, 40)) < 0.45  # near percolation: long winding regions
+    labels = connected_components(masks).numpy()
+    expected = [_flood_fill_regions(mask) for mask in masks]
+    assert labels.max() == sum(len(regions) for regions in expected) > 20
+    seen = set()
+    for image, regions in zip(labels, expected):
+        for region in regions:
+            values = np.unique(image[region])
+            assert values.size == 1 and values[0] not in seen  # one label per region, no label shared
+            seen.add(values[0])
+
+
+def test_pixel_aupro_matches_the_exact_aupro_in_any_batching() -> None:
+    maps, masks = _lesions_and_maps(seed=0)
+    exact = _exact_aupro(maps, masks)
+    assert 0.3 < exact < 0.9  # neither chance (0.15) nor perfect: agreement below means something
+    whole, split = PixelAUPRO(), PixelAUPRO()
+    whole.update(maps, masks)
+    for i in range(0, 6, 4):
+        split.update(maps[i:i + 4], masks[i:i + 4])
+    assert whole.num_regions == sum(len(_flood_fill_regions(m)) for m in masks[:, 0]) > 10
+    assert whole.compute() == pytest.approx(exact, abs=1e-3)  # bins of 1e-4
+    assert split.compute() == pytest.approx(whole.compute(), rel=1e-12)
+    precomputed = PixelAUPRO()
+    precomputed.update(maps, masks, regions=connected_components(masks))
+    assert precomputed.compute() == whole.compute()
+    wide = PixelAUPRO(max_fpr=1.0)
+    wide.update(maps, masks)
+    assert wide.compute() == pytest.approx(_exact_aupro(maps, masks, max_fpr=1.0), abs=1e-3)
+
+
+def test_pixel_aupro_is_exact_when_values_sit_in_distinct_bins() -> None:
+    """Values at bin centres, many tied: the bin edges are the distinct values' thresholds, so no binning error."""
+    maps, masks = _lesions_and_maps(seed=1)
+    num_bins = 20
+    centred = (np.minimum(np.floor(maps * num_bins), num_bins - 1) + 0.5) / num_bins
+    metric = PixelAUPRO(num_bins=num_bins)
+    metric.update(centred, masks)
+    assert metric.compute() == pytest.approx(_exact_aupro(centred, masks), rel=1e-9)
+
+
+def test_pixel_aupro_merge_of_halves_equals_one_accumulator() -> None:
+    maps, masks = _lesions_and_maps(seed=2)
+    whole, first, second = PixelAUPRO(), PixelAUPRO(), PixelAUPRO()
+    whole.update(maps, masks)
+    first.update(maps[:3], masks[:3])
+    second.update(maps[3:], masks[3:])
+    first.merge(second)
+    assert first.num_regions == whole.num_regions and np.array_equal(first.other, whole.other)
+    assert first.compute() == pytest.approx(whole.compute(), rel=1e-12)
+    first.reset()
+    assert first.num_regions == 0 and np.isnan(first.compute())
+
+
+def test_pixel_aupro_weighs_every_region_the_same() -> None:
+    """One of two regions found: 0.5, whatever their sizes (pooling their pixels would give 144/148 or 4/148)."""
+    masks = np.zeros((1, 32, 32), bool)
+    masks[0, 2:14, 2:14] = True  # 144 pixels
+    masks[0, 25:27, 25:27] = True  # 4 pixels
+    large = np.zeros_like(masks)
+    large[0, 2:14, 2:14] = True
+    background = np.random.default_rng(5).uniform(0.1, 0.6, masks.shape)
+    for found in (large, masks & ~large):
+        metric = PixelAUPRO()
+        metric.update(np.where(found, 0.9, np.where(masks, 0.05, background)), masks)  # the other below all else
+        assert metric.num_regions == 2
+        assert metric.compute() == pytest.approx(0.5, abs=1e-9)
+
+
+def test_pixel_aupro_edge_cases() -> None:
+    maps, masks = _lesions_and_maps(seed=3)
+    perfect, reversed_, unrelated = PixelAUPRO(), PixelAUPRO(), PixelAUPRO()
+    perfect.update(masks.astype(float), masks)  # 1 inside the regions, 0 outside
+    assert perfect.compute() == pytest.approx(1.0, rel=1e-12)  # sums of 1 / region size: rounding only
+    reversed_.update(1.0 - masks, masks)
+    assert reversed_.compute() == 0.0
+    rng = np.random.default_rng(6)
+    big = np.zeros((8, 64, 64), bool)
+    big[:, 8:40, 10:30] = big[:, 45:60, 40:60] = True
+    unrelated.update(rng.random(big.shape), big)  # PRO follows FPR: area max_fpr^2 / 2, over max_fpr
+    assert unrelated.compute() == pytest.approx(0.15, abs=0.02)
+    assert np.isnan(PixelAUPRO().compute())
+    normals_only, lesions_only = PixelAUPRO(), PixelAUPRO()
+    normals_only.update(maps[-1:], masks[-1:])  # no region
+    assert normals_only.num_regions == 0 and np.isnan(normals_only.compute())
+    lesions_only.update(np.full((1, 8, 8), 0.7), np.ones((1, 8, 8)))  # no other pixel
+    assert lesions_only.num_regions == 1 and np.isnan(lesions_only.compute())
+    with pytest.raises(ValueError, match="differ in shape"):
+        PixelAUPRO().update(np.zeros((2, 8, 8)), np.zeros((1, 8, 8)))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_fpr"):
+            PixelAUPRO(max_fpr=bad)
