@@ -140,7 +140,7 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
         assert 0.0 <= low <= m["auc"] <= high <= 1.0
         for key in ("accuracy", "f1", "sensitivity", "specificity", "precision", "threshold"):
             assert key in m
-    # the built-in set's datalist gives finding kinds and lesion masks: per-finding AUCs and pixel AUROCs
+    # the built-in set's datalist gives finding kinds and lesion masks: per-finding AUCs, pixel AUROCs, AUPROs
     kinds = FINDINGS[:N_TEST_ABNORMAL]
     for kind in SCORE_KINDS:
         per_finding = metrics[kind]["per_finding"]
@@ -148,6 +148,8 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
         assert all(0.0 <= v["auc"] <= 1.0 for v in per_finding.values())
     pixel = metrics["pixel"]
     assert set(pixel["auroc"]) == set(PIXEL_MAPS) and all(0 <= v <= 1 for v in pixel["auroc"].values())
+    assert set(pixel["aupro"]) == set(PIXEL_MAPS) and 0 <= pixel["aupro"]["anomaly_map"] <= 1  # None (NaN) fails
+    assert pixel["num_regions"] == N_TEST_ABNORMAL  # each synthetic finding is one connected blob
     masks = [np.asarray(Image.open(p).resize((TINY["img_size"],) * 2, Image.BOX)) >= 128
              for p in sorted((dataset / "masks" / "test").iterdir())]
     assert pixel["num_lesion_pixels"] == pytest.approx(sum(int(m.sum()) for m in masks), rel=0.05)

@@ -20,10 +20,12 @@ from .detector import SCORE_KINDS, AnomalyDetector
 from .distributed import gather_objects
 from .engines import autocast_context
 from .metrics import (
+    PixelAUPRO,
     PixelAUROC,
     auc_confidence_interval,
     auc_or_nan,
     best_accuracy_operating_point,
+    connected_components,
     detection_metrics,
     finding_subsets,
 )
@@ -38,8 +40,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PIXEL_MAPS = ("anomaly_map", "residual", "z_score")
-"""The maps whose pixel-level AUROC evaluation reports (``EvaluationReport``): the map written for users, the
-reconstruction residual ``|x - G(x)|`` and the per-pixel z-score the reconstruction score is built from."""
+"""The maps whose pixel-level AUROC and AUPRO evaluation reports (``EvaluationReport``): the map written for users,
+the reconstruction residual ``|x - G(x)|`` and the per-pixel z-score the reconstruction score is built from."""
 
 
 @torch.no_grad()
@@ -220,11 +222,12 @@ class EvaluationReport(ScoreCollector):
     ``auc_ci95`` and, at the best-accuracy threshold, accuracy, F1,
     sensitivity, specificity, precision and the threshold; the metrics at the model's stored
     threshold; ``per_finding``: the AUC and interval of the normal images against each finding kind, when the
-    datalist gives kinds; and ``pixel``: the pixel-level AUROC of the maps of ``PIXEL_MAPS`` against the lesion
-    masks, when the datalist gives masks; the map written for users enters as ``m / (1 + m)``, monotone into
-    [0, 1), as the binned AUROC needs), ``scores.csv`` (per image: file, label, kind, raw and normalised scores,
-    decision), ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input / reconstruction / anomaly map of the
-    most and least abnormal-looking normal and abnormal images).
+    datalist gives kinds; and ``pixel``: the pixel-level AUROC and the AUPRO up to FPR 0.3 (``PixelAUPRO``: the
+    overlap with each connected lesion region, averaged over the regions) of the maps of ``PIXEL_MAPS`` against
+    the lesion masks, with the number of regions, when the datalist gives masks; the map written for users enters
+    as ``m / (1 + m)``, monotone into [0, 1), as the binned metrics need), ``scores.csv`` (per image: file, label,
+    kind, raw and normalised scores, decision), ``roc.png``, ``score_histogram.png`` and ``cases.png`` (input /
+    reconstruction / anomaly map of the most and least abnormal-looking normal and abnormal images).
 
     Args:
         output_dir: destination folder (created).
@@ -261,11 +264,12 @@ class EvaluationReport(ScoreCollector):
         self.cases_per_group = cases_per_group
         self.cases: list[dict[str, Any]] = []
         self.pixel = {name: PixelAUROC() for name in PIXEL_MAPS}
+        self.pro = {name: PixelAUPRO() for name in PIXEL_MAPS}
 
     def _reset(self, engine: Engine) -> None:
         super()._reset(engine)
         self.cases = []
-        for accumulator in self.pixel.values():
+        for accumulator in (*self.pixel.values(), *self.pro.values()):
             accumulator.reset()
 
     def _collect(self, engine: Engine) -> None:
@@ -284,7 +288,7 @@ class EvaluationReport(ScoreCollector):
         self._trim_cases()
 
     def _count_pixels(self, out: dict[str, Any]) -> None:
-        """Add the maps of the images whose lesion mask is known to the pixel-level AUROCs."""
+        """Add the maps of the images whose lesion mask is known to the pixel-level AUROCs and AUPROs."""
         if "mask" not in out:
             return
         known = torch.as_tensor(out["mask_known"]).bool().reshape(-1).cpu()
@@ -295,14 +299,20 @@ class EvaluationReport(ScoreCollector):
         anomaly = out["anomaly_map"].float()
         residual = (out["image"].float() - out["recon"].float()).abs()
         maps = {"anomaly_map": anomaly / (1 + anomaly), "residual": residual, "z_score": z2 / (1 + z2)}  # into [0, 1)
+        regions = connected_components(masks)  # labelled once for the three maps
         for name, values in maps.items():
             self.pixel[name].update(values.cpu()[known], masks)
+            self.pro[name].update(values.cpu()[known], masks, regions)
 
     def _gather(self, engine: Engine) -> None:
-        """Rows and pixel counts of all ranks (each rank scored its shard)."""
+        """Rows and pixel accumulators of all ranks (each rank scored its shard)."""
         super()._gather(engine)
-        for accumulator in self.pixel.values():
-            accumulator.counts = np.sum(gather_objects([accumulator.counts]), axis=0)
+        for accumulators in (self.pixel, self.pro):
+            for name, accumulator in accumulators.items():
+                merged, *others = gather_objects([accumulator])  # every rank's, in rank order
+                for other in others:
+                    merged.merge(other)
+                accumulators[name] = merged
 
     def _trim_cases(self) -> None:
         """Keep only the extreme cases of each label (highest and lowest scores)."""
@@ -331,8 +341,10 @@ class EvaluationReport(ScoreCollector):
                 curves[kind] = (scores, labels)
         self._add_per_finding(metrics)
         pixel = {name: accumulator.compute() for name, accumulator in self.pixel.items()}
+        pro = {name: accumulator.compute() for name, accumulator in self.pro.items()}
         if any(math.isfinite(v) for v in pixel.values()):
-            metrics["pixel"] = {"auroc": pixel, "num_lesion_pixels": int(self.pixel["anomaly_map"].counts[1].sum()),
+            metrics["pixel"] = {"auroc": pixel, "aupro": pro, "num_regions": self.pro["anomaly_map"].num_regions,
+                                "num_lesion_pixels": int(self.pixel["anomaly_map"].counts[1].sum()),
                                 "num_other_pixels": int(self.pixel["anomaly_map"].counts[0].sum())}
         with open(self.output_dir / "metrics.json", "w") as f:
             json.dump(_finite_or_none(metrics), f, indent=2)
@@ -345,7 +357,9 @@ class EvaluationReport(ScoreCollector):
         engine.state.metrics.update({f"test_auc_{k}": metrics[k]["auc"] for k in SCORE_KINDS if k in metrics})
         logger.info("evaluation of %d images written to %s: %s%s", len(self.rows), self.output_dir,
                     {k: round(metrics[k]["auc"], 4) for k in SCORE_KINDS if k in metrics},
-                    f", pixel AUROC {({k: round(v, 4) for k, v in pixel.items()})}" if "pixel" in metrics else "")
+                    f", pixel AUROC {({k: round(v, 4) for k, v in pixel.items()})}, AUPRO up to FPR "
+                    f"{self.pro['anomaly_map'].max_fpr:g} {({k: round(v, 4) for k, v in pro.items()})} over "
+                    f"{self.pro['anomaly_map'].num_regions} lesion regions" if "pixel" in metrics else "")
 
     def _add_per_finding(self, metrics: dict[str, Any]) -> None:
         """Each score's AUC (and interval) of the normal images against each finding kind, when rows have kinds."""
