@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.detector import FEATURE_MAP_MAX, AnomalyDetector
+from scripts.detector import FEATURE_MAP_MAX, AnomalyDetector, FeatureSettingsMismatchError
 from scripts.feature_density import FeatureDensity
 from scripts.networks import SimSIDGenerator
 
@@ -85,10 +85,43 @@ def test_pool_averages_equal_cells_and_the_grid_must_divide_the_feature() -> Non
     pooled = density.pool(features)
     assert pooled.shape == (2, 3, 4, 4)
     torch.testing.assert_close(pooled[:, :, 1, 2], features[:, :, 3:6, 6:9].mean((-2, -1)))
-    with pytest.raises(ValueError, match="feature_grid that divides 12"):
+    with pytest.raises(ValueError, match="feature_grid times feature_subcells that divides 12"):
         FeatureDensity(3, feature_size=12, grid=5)
+    with pytest.raises(ValueError, match="feature_grid times feature_subcells that divides 12"):
+        FeatureDensity(3, feature_size=12, grid=4, subcells=2)
+    with pytest.raises(ValueError, match="feature_subcells must be >= 1"):
+        FeatureDensity(3, feature_size=12, grid=4, subcells=0)
     with pytest.raises(ValueError, match="at least 3"):
         density.fit(pooled[:2])
+
+
+def test_subcell_descriptor_keeps_each_part_of_a_cell_in_its_own_entries() -> None:
+    density = FeatureDensity(3, feature_size=12, grid=3, subcells=2)
+    assert density.channels == 12 and density.mean.shape == (9, 12) and density.precision.shape == (9, 12, 12)
+    features = torch.randn(2, 3, 12, 12)
+    pooled = density.pool(features)
+    assert pooled.shape == (2, 12, 3, 3)
+    for channel, i, j in [(0, 0, 0), (1, 0, 1), (2, 1, 0), (2, 1, 1)]:
+        rows, cols = slice(4 + 2 * i, 6 + 2 * i), slice(8 + 2 * j, 10 + 2 * j)  # part (i, j) of cell (1, 2)
+        torch.testing.assert_close(pooled[:, (channel * 2 + i) * 2 + j, 1, 2], features[:, channel, rows, cols].mean((-2, -1)))
+
+
+def test_subcells_see_a_finding_that_moves_within_a_cell_without_changing_its_mean() -> None:
+    """Normal cells are bright on the left half and dark on the right; the finding mirrors one cell. The cell mean
+    does not change, so one Gaussian per cell mean misses it; with 2 x 2 parts per cell it is far from normal."""
+    g = torch.Generator().manual_seed(0)
+    left_bright = torch.cat([torch.ones(2, 8, 4), -torch.ones(2, 8, 4)], dim=-1).repeat(1, 2, 2)  # 2 x 16 x 16
+    normal = left_bright + 0.1 * torch.randn(300, 2, 16, 16, generator=g)
+    abnormal = normal[:20].clone()
+    abnormal[:, :, 8:16, 0:8] = abnormal[:, :, 8:16, 0:8].flip(-1)  # cell (1, 0) mirrored
+    for subcells, found in ((1, False), (2, True)):
+        density = FeatureDensity(2, feature_size=16, grid=2, shrinkage=0.01, subcells=subcells)
+        density.fit(density.pool(normal[20:]))
+        d_normal = density.distance(density.pool(normal[:20]))[:, 1, 0]
+        d_abnormal = density.distance(density.pool(abnormal))[:, 1, 0]
+        assert bool(d_abnormal.min() > 100 * d_normal.max()) is found
+        if not found:
+            torch.testing.assert_close(d_abnormal, d_normal, rtol=0.5, atol=0.5 * float(d_normal.max()))
 
 
 class CopyGenerator(nn.Module):
@@ -199,6 +232,22 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
     assert not bool(fresh.statistics.ready)  # measured again before scoring (evaluation) or refused (inference)
     assert "no encoder-feature statistics" in caplog.text
     torch.testing.assert_close(fresh.statistics.pixel_mean, source.statistics.pixel_mean)
+
+
+def test_weights_measured_with_other_feature_settings_are_refused_with_the_settings_to_pass() -> None:
+    """A model of bundle 0.3 (one feature mean per cell) loaded by a detector built with subcells says what to pass,
+    instead of torch's size-mismatch list; with those settings it loads and scores as before."""
+    source = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
+    with torch.no_grad():
+        source.update_statistics(source.raw_scores(textured(50, seed=0)))
+    with pytest.raises(FeatureSettingsMismatchError, match="16 cells by 1 values .* 16 cells by 4 .*"
+                       "'--feature_depth 1 --feature_subcells 1'"):
+        copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2).load_state_dict(source.state_dict())
+    target = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
+    target.load_state_dict(source.state_dict())
+    x = textured(4, seed=5, lesion=True)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
 
 
 def test_generator_returns_the_encoder_feature_it_is_asked_for() -> None:

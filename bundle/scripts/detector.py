@@ -14,7 +14,14 @@ from torch import nn
 
 from .feature_density import FeatureDensity
 
-__all__ = ["SCORE_KINDS", "MAP_KINDS", "ScoreStatistics", "AnomalyDetector", "ImageSizeMismatchError"]
+__all__ = [
+    "SCORE_KINDS",
+    "MAP_KINDS",
+    "ScoreStatistics",
+    "AnomalyDetector",
+    "ImageSizeMismatchError",
+    "FeatureSettingsMismatchError",
+]
 
 SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
 """Image scores, :meth:`AnomalyDetector.normalise`; ``"feature"`` and ``"combined"`` need the feature statistics."""
@@ -147,6 +154,10 @@ class ImageSizeMismatchError(RuntimeError):
     """Weights trained at one ``img_size`` loaded into a detector built at another."""
 
 
+class FeatureSettingsMismatchError(RuntimeError):
+    """Weights whose feature statistics were measured with other feature settings (depth, grid, subcells)."""
+
+
 class AnomalyDetector(nn.Module):
     """Scores chest radiographs with a trained SimSID generator and discriminator.
 
@@ -162,15 +173,16 @@ class AnomalyDetector(nn.Module):
       generator cannot reproduce in normal images too (ribs, vessels) thus counts less than residuals where
       normal images have none.
     - ``"feature"`` (with ``feature_depth``): the generator's encoder feature at depth ``feature_depth`` is
-      average-pooled over a ``feature_grid x feature_grid`` grid of cells and compared cell by cell with a Gaussian
-      fitted to normal training images (:class:`scripts.feature_density.FeatureDensity`); the raw score is the
+      average-pooled over each of ``feature_subcells x feature_subcells`` parts of every cell of a
+      ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side) is compared with a
+      Gaussian fitted to normal training images (:class:`scripts.feature_density.FeatureDensity`); the raw score is the
       largest squared Mahalanobis distance, standardised over the training images, anomaly score ``sigmoid(z)``.
       It sees findings the generator reproduces and so leaves out of the residual.
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
     ``"feature"``, the cell distances as root-mean-square standardised deviations per channel
-    (``sqrt(d2 / C)``, about 1 on normal anatomy, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
+    (``sqrt(d2 / D)``, ``D`` the descriptor's size, about 1 on normal anatomy, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
     travel with an exported TorchScript module.
 
@@ -190,9 +202,10 @@ class AnomalyDetector(nn.Module):
             in the z-score (:class:`ScoreStatistics`), >= 0; a loaded state dict's value replaces it.
         feature_depth: encoder depth of the feature statistics (0: the stem's output, ``i``: after down block
             ``i``); ``None`` for none (then only the discriminator and reconstruction scores and the residual map).
-        feature_grid: cells per side of the feature statistics; must divide the feature's side
-            ``img_size / 2 ** feature_depth``.
+        feature_grid: cells per side of the feature statistics; ``feature_grid * feature_subcells`` must divide the
+            feature's side ``img_size / 2 ** feature_depth``.
         feature_shrinkage: covariance shrinkage of the feature statistics (:class:`FeatureDensity`).
+        feature_subcells: parts per side of a cell pooled separately into its descriptor (:class:`FeatureDensity`).
         map_kind: the anomaly map, one of ``MAP_KINDS``.
     """
 
@@ -209,6 +222,7 @@ class AnomalyDetector(nn.Module):
         feature_grid: int = 8,
         feature_shrinkage: float = 0.01,
         map_kind: str = "residual",
+        feature_subcells: int = 1,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -243,7 +257,7 @@ class AnomalyDetector(nn.Module):
                 raise ValueError(f"feature_depth {feature_depth} is not an encoder depth of the generator "
                                  f"(channels per depth: {channels}).")
             density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
-                                     feature_shrinkage)
+                                     feature_shrinkage, feature_subcells)
         self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
@@ -268,6 +282,15 @@ class AnomalyDetector(nn.Module):
                 f"img_size {saved.shape[-1]} and this network is built at img_size {built.shape[-1]}; pass "
                 f"'--img_size {saved.shape[-1]}', or pass the weights file as '--ckpt_path' (the configs read the size "
                 "from that file)."
+            )
+        saved, density = state_dict.get("statistics.density.mean"), self.statistics.density
+        if isinstance(saved, torch.Tensor) and density is not None and saved.shape != density.mean.shape:
+            raise FeatureSettingsMismatchError(
+                f"the weights' feature statistics describe {saved.shape[0]} cells by {saved.shape[1]} values and this "
+                f"detector builds {density.mean.shape[0]} cells by {density.mean.shape[1]} (feature_depth "
+                f"{self.feature_depth}, feature_grid {density.grid}, feature_subcells {density.subcells}): pass the "
+                "feature settings the model was trained with; a model of bundle 0.3 was trained with "
+                "'--feature_depth 1 --feature_subcells 1'."
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -3,8 +3,9 @@
 The generator reproduces large findings (an effusion, an enlarged heart) through its skip connections, so its
 reconstruction residual cannot show them; the encoder's features at those places still differ from the features
 normal images have there. :class:`FeatureDensity` fits one Gaussian per cell of a ``grid x grid`` partition of the
-image to the encoder features of normal training images (average-pooled over the cell) and measures how far a new
-image's features lie from it (squared Mahalanobis distance), cell by cell (``docs/method.md``, "Scoring").
+image to a descriptor of the encoder features of normal training images there (the features average-pooled over each
+of ``subcells x subcells`` parts of the cell, side by side) and measures how far a new image's descriptors lie from it
+(squared Mahalanobis distance), cell by cell (``docs/method.md``, "Scoring").
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ def squared_mahalanobis(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
 
 
 class FeatureDensity(nn.Module):
-    """One Gaussian per grid cell over average-pooled encoder features, kept as buffers.
+    """One Gaussian per grid cell over a descriptor of the encoder features there, kept as buffers.
 
-    ``mean`` (``L x C``, ``L = grid ** 2`` cells, row-major) and ``precision`` (``L x C x C``, the inverse of the
+    A cell's descriptor is the encoder features average-pooled over each of its ``subcells x subcells`` equal parts,
+    concatenated (``D = C * subcells ** 2`` values): with ``subcells`` 1 the cell's mean feature; with more it also
+    keeps where in the cell a feature lies (a small nodule in one corner of a cell is then not averaged away).
+
+    ``mean`` (``L x D``, ``L = grid ** 2`` cells, row-major) and ``precision`` (``L x D x D``, the inverse of the
     covariance after shrinkage) are measured by :meth:`fit`; ``score_mean``/``score_std`` are the mean and standard
     deviation of the image-level feature score (the largest cell distance) of normal images the Gaussians were not
     fitted to (cross-fitted over the same images), set by :meth:`fit` too. Until fitted, ``mean`` is 0 and
@@ -40,36 +45,46 @@ class FeatureDensity(nn.Module):
 
     Args:
         channels: ``C``, channels of the encoder feature.
-        feature_size: side of the (square) encoder feature map, divisible by ``grid``.
+        feature_size: side of the (square) encoder feature map, divisible by ``grid * subcells``.
         grid: cells per side.
         shrinkage: the covariance shrinkage, >= 0.
+        subcells: parts per side of a cell that the descriptor pools separately, >= 1.
 
-    Shapes: features ``N x C x feature_size x feature_size`` -> pooled ``N x C x grid x grid`` -> distances
-    ``N x grid x grid``.
+    Shapes: features ``N x C x feature_size x feature_size`` -> pooled descriptors ``N x D x grid x grid`` ->
+    distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
     """
 
     BUFFERS = ("mean", "precision", "score_mean", "score_std")
 
-    def __init__(self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.01) -> None:
+    def __init__(
+        self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.01, subcells: int = 1
+    ) -> None:
         super().__init__()
-        if grid < 1 or feature_size % grid:
+        if subcells < 1:
+            raise ValueError(f"feature_subcells must be >= 1, got {subcells}.")
+        if grid < 1 or feature_size % (grid * subcells):
             raise ValueError(f"the encoder feature ({feature_size} x {feature_size}) cannot be cut into a {grid} x "
-                             f"{grid} grid of equal cells: choose a feature_grid that divides {feature_size}.")
+                             f"{grid} grid of cells of {subcells} x {subcells} equal parts: choose a feature_grid "
+                             f"times feature_subcells that divides {feature_size}.")
         if shrinkage < 0:
             raise ValueError(f"feature_shrinkage must be >= 0, got {shrinkage}.")
-        self.channels = channels
+        self.channels = channels * subcells**2
         self.grid = grid
-        self.cell = feature_size // grid
+        self.subcells = subcells
+        self.part = feature_size // (grid * subcells)
         self.shrinkage = shrinkage
         cells = grid * grid
-        self.register_buffer("mean", torch.zeros(cells, channels))
-        self.register_buffer("precision", torch.eye(channels).repeat(cells, 1, 1))
+        self.register_buffer("mean", torch.zeros(cells, self.channels))
+        self.register_buffer("precision", torch.eye(self.channels).repeat(cells, 1, 1))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
     def pool(self, features: Tensor) -> Tensor:
-        """``N x C x S x S`` encoder features -> ``N x C x grid x grid`` cell means (float32)."""
-        return F.avg_pool2d(features.float(), self.cell)
+        """``N x C x S x S`` encoder features -> ``N x D x grid x grid`` cell descriptors (float32): channel ``c`` of
+        part ``(i, j)`` of a cell (row-major within the cell) is descriptor entry ``(c * subcells + i) * subcells + j``."""
+        parts = F.avg_pool2d(features.float(), self.part)  # N x C x (grid * subcells) x (grid * subcells)
+        n, c, g, s = parts.shape[0], parts.shape[1], self.grid, self.subcells
+        return parts.reshape(n, c, g, s, g, s).permute(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, g, g)
 
     def distance(self, pooled: Tensor) -> Tensor:
         """Squared Mahalanobis distance of every cell, ``N x C x grid x grid`` -> ``N x grid x grid`` (float32)."""
@@ -93,7 +108,7 @@ class FeatureDensity(nn.Module):
 
     @torch.no_grad()
     def fit(self, pooled: Tensor, folds: int = 5) -> None:
-        """Measure every cell's Gaussian from the pooled features of N normal images (``N x C x grid x grid``,
+        """Measure every cell's Gaussian from the pooled descriptors of N normal images (``N x D x grid x grid``,
         N >= 3), and the mean and standard deviation of the image score of a normal image the model has not seen.
 
         An image's distance to a Gaussian fitted with it is smaller than a new image's (the more so the fewer the
