@@ -181,8 +181,9 @@ class AnomalyDetector(nn.Module):
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
-    ``"feature"``, the cell distances as root-mean-square standardised deviations per channel
-    (``sqrt(d2 / D)``, ``D`` the descriptor's size, about 1 on normal anatomy, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
+    ``"feature"``, the cell distances as root-mean-square standardised deviations per descriptor value
+    (``sqrt(d2 / D)``, ``D`` the descriptor's size, mostly below 1 on normal anatomy, clipped at
+    ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
     travel with an exported TorchScript module.
 
