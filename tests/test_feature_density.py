@@ -234,15 +234,25 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
     torch.testing.assert_close(fresh.statistics.pixel_mean, source.statistics.pixel_mean)
 
 
-def test_weights_measured_with_other_feature_settings_are_refused_with_the_settings_to_pass() -> None:
+def test_weights_measured_with_other_feature_settings_are_refused_with_the_settings_to_pass(tmp_path) -> None:
     """A model of bundle 0.3 (one feature mean per cell) loaded by a detector built with subcells says what to pass,
-    instead of torch's size-mismatch list; with those settings it loads and scores as before."""
+    instead of torch's size-mismatch list, and the configs' checkpoint loader names the file; with those settings
+    it loads and scores as before."""
+    from ignite.engine import Engine
+
+    from scripts.checkpoint import CheckpointFileLoader, save_atomic
+
     source = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
     with torch.no_grad():
         source.update_statistics(source.raw_scores(textured(50, seed=0)))
     with pytest.raises(FeatureSettingsMismatchError, match="16 cells by 1 values .* 16 cells by 4 .*"
                        "'--feature_depth 1 --feature_subcells 1'"):
         copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2).load_state_dict(source.state_dict())
+    path = tmp_path / "model.pt"
+    save_atomic(source.state_dict(), path)
+    loader = CheckpointFileLoader(load_path=path, load_dict={"model": copy_detector(feature_subcells=2)})
+    with pytest.raises(ValueError, match=r"model\.pt does not fit .*'--feature_depth 1 --feature_subcells 1'"):
+        loader(Engine(lambda engine, batch: None))
     target = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
     target.load_state_dict(source.state_dict())
     x = textured(4, seed=5, lesion=True)

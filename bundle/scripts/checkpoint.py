@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from monai.transforms import Randomizable, Transform
 
-from .detector import ImageSizeMismatchError
+from .detector import FeatureSettingsMismatchError, ImageSizeMismatchError
 from .distributed import is_main_process
 from .utils import as_bool
 
@@ -370,10 +370,13 @@ class CheckpointFileLoader(CheckpointLoader):
 
         Raises:
             ValueError: the file is not a readable checkpoint, or its tensors do not fit the networks this config
-                builds (the message names the ``img_size`` the checkpoint was trained at when that differs).
+                builds (the message names the ``img_size`` the checkpoint was trained at when that differs, and the
+                feature settings to pass when its feature statistics were measured with others).
         """
         try:
             super().__call__(engine)
+        except FeatureSettingsMismatchError as e:  # the detector's own check: its message says what to pass
+            raise ValueError(f"checkpoint {self.load_path} does not fit the network this config builds: {e}") from e
         except Exception as e:
             mismatch = isinstance(e, ImageSizeMismatchError)  # the detector's own check, before torch's
             if mismatch or (isinstance(e, RuntimeError) and "loading state_dict" in str(e)):
