@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.data import DataLoader
 from torch import nn
-from torch.utils.data import Subset
 
 from bundle_utils import BUNDLE, CONFIGS, TINY
 from scripts import distributed
 from scripts.engines import autocast_context
-from scripts.handlers import compute_score_statistics
 from scripts.metrics import auc_or_nan, best_accuracy_operating_point
 from scripts.data.synthetic import write_synthetic_dataset
 
@@ -176,20 +173,28 @@ def test_validation_is_sharded_and_gathered(ddp_run, dataset):
     detector.generator.load_state_dict(dumps[0]["generator"])
     detector.discriminator.load_state_dict(dumps[0]["discriminator"])
     detector.eval()
-    # the images in the order the ranks' statistics gathered them (rank 0's shard, then rank 1's): the feature score's
-    # cross-fitting folds follow the order
-    gathered = Subset(parser.get_parsed_content("stats#dataset"), [i for d in dumps for i in d["stats_indices"]])
-    compute_score_statistics(detector, DataLoader(gathered, batch_size=2), "cpu", STATS_IMAGES,
-                             feature_max_images=STATS_IMAGES)
+    # the images in the order the ranks' statistics gathered them (rank 0's shard, then rank 1's), and their augmented
+    # copies: each rank augments its own shard with the augmentation reset to the seed
+    stats_dataset = parser.get_parsed_content("stats#dataset")
+    order = [i for d in dumps for i in d["stats_indices"]]
+    augmentation, moved = parser.get_parsed_content("stats#augmentation"), []
+    for d in dumps:
+        augmentation.set_random_state(parser.get_parsed_content("seed"))
+        moved += [torch.as_tensor(augmentation(stats_dataset[i]["image"])) for i in d["stats_indices"]]
+    with torch.no_grad():
+        raw = detector.raw_scores(torch.stack([torch.as_tensor(stats_dataset[i]["image"]) for i in order]))
+        detector.update_statistics({**raw, "augmented_features": detector.pooled_features(torch.stack(moved))})
     single = detector.statistics.state_dict()
     for d in dumps:
         for key in ("mean", "std", "pixel_mean", "pixel_std", "density.mean"):
             assert torch.allclose(d["statistics"][key], single[key], rtol=1e-4, atol=1e-6), key
-        # the feature statistics of all ranks' images: the precision (an inverse) and the cross-fitted score
-        # statistics compared at their own scale
-        for key in ("density.precision", "density.score_mean", "density.score_std"):
-            scale = single[key].abs().max()
-            assert (d["statistics"][key] - single[key]).abs().max() <= 1e-3 * scale, key
+        # the feature statistics of all ranks' images and copies: the whitening (of an inverse), the whitened bank
+        # (float16) and the left-out score statistics, compared at their own scale
+        for key in ("density.whitening", "density.bank", "density.cell_scale", "density.score_mean",
+                    "density.score_std"):
+            scale = single[key].float().abs().max()
+            assert (d["statistics"][key].float() - single[key].float()).abs().max() <= 2e-3 * scale, key
+        assert d["statistics"]["density.bank"].shape[1] == 2 * STATS_IMAGES  # one augmented copy of each
 
     scores, labels = [], []
     with torch.no_grad():

@@ -31,52 +31,86 @@ def correlated_features(n: int, channels: int, grid: int, seed: int) -> tuple[to
     return x, means, covs
 
 
+def whitened_nearest(train: torch.Tensor, test: torch.Tensor, shrinkage: float) -> np.ndarray:
+    """The definition, in float64 numpy: per cell, the metric ``P = (S + shrinkage * tr(S) / C * I)^-1`` of the
+    training descriptors' covariance ``S`` and the smallest ``(x - r)^T P (x - r)`` over training descriptors ``r``;
+    ``N x C x g x g`` -> ``N x L``."""
+    cells_train = train.double().flatten(2).permute(2, 0, 1).numpy()  # L x M x C
+    cells_test = test.double().flatten(2).permute(2, 0, 1).numpy()
+    channels = cells_train.shape[-1]
+    out = []
+    for rows, queries in zip(cells_train, cells_test):
+        cov = np.cov(rows, rowvar=False)
+        precision = np.linalg.inv(cov + shrinkage * np.trace(cov) / channels * np.eye(channels))
+        diff = queries[:, None] - rows[None]  # N x M x C
+        out.append(np.einsum("nmc,cd,nmd->nm", diff, precision, diff).min(1))
+    return np.stack(out, 1)
+
+
 def test_fit_and_distance_follow_the_definition() -> None:
     channels, grid, shrinkage = 6, 3, 0.05
     samples, _, _ = correlated_features(405, channels, grid, seed=0)
-    train, test = samples[:400], samples[400:]
+    train, test = samples[:200], samples[400:]
+    augmented = samples[200:400]  # stands in for the copies: they join the bank and the covariance
     density = FeatureDensity(channels, feature_size=grid * 4, grid=grid, shrinkage=shrinkage)
-    density.fit(train)
-    got = density.distance(test).numpy()
-    cells = train.double().flatten(2).permute(2, 0, 1).numpy()  # L x N x C
-    for cell in range(grid * grid):
-        mean = cells[cell].mean(0)
-        cov = np.cov(cells[cell], rowvar=False)
-        cov += shrinkage * np.trace(cov) / channels * np.eye(channels)
-        diff = test.double().flatten(2)[:, :, cell].numpy() - mean
-        want = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
-        np.testing.assert_allclose(got[:, cell // grid, cell % grid], want, rtol=1e-4, atol=1e-4 * want.max())
-    assert density.image_score(density.distance(test)).tolist() == pytest.approx(got.reshape(5, -1).max(1), rel=1e-6)
+    density.fit(train, augmented)
+    assert density.bank.shape == (grid * grid, 400, channels)
+    got = density.distance(test).numpy().reshape(5, -1)
+    want = whitened_nearest(samples[:400], test, shrinkage)
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=5e-3 * want.max())
+    assert density.image_score(density.distance(test)).tolist() == pytest.approx(got.max(1), rel=1e-6)
+    # whitening: W W^T is the shrunk precision, and the bank is the training descriptors centred and whitened
+    cells = samples[:400].double().flatten(2).permute(2, 0, 1)
+    torch.testing.assert_close(density.mean, cells.mean(1).float())
+    whitened = torch.bmm(cells.float() - density.mean[:, None], density.whitening)
+    torch.testing.assert_close(density.bank.float(), whitened, rtol=2e-3, atol=2e-3 * float(whitened.abs().max()))
+    with pytest.raises(ValueError, match="whole copies of the 200 images"):
+        density.fit(train, augmented[:150])
 
 
-def test_score_statistics_are_those_of_images_the_gaussians_did_not_see() -> None:
-    """With few images per channel an image's distance to Gaussians fitted with it is much smaller than a new
-    image's; the kept mean and std are cross-fitted, so they describe new normal images."""
-    channels, grid = 8, 2
-    samples, _, _ = correlated_features(3060, channels, grid, seed=3)
-    train, fresh = samples[:60], samples[60:]
-    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.01)
-    density.fit(train)
-    fresh_scores = density.image_score(density.distance(fresh))
-    in_sample = density.image_score(density.distance(train)).mean()
-    assert float(in_sample) < 0.85 * float(fresh_scores.mean())  # the bias the cross-fitting removes
+def test_unfitted_distance_is_the_squared_norm() -> None:
+    density = FeatureDensity(3, feature_size=4, grid=2)
+    pooled = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(density.distance(pooled), pooled.square().sum(1))
+
+
+def test_score_statistics_are_those_of_images_the_bank_does_not_hold() -> None:
+    """An image's distance to a bank that holds it (or an augmented copy of it) is about 0; the kept score mean and
+    std and the cell scale are measured leaving each image and its copies out, so they describe new normal images."""
+    channels, grid = 4, 2
+    samples, _, _ = correlated_features(1300, channels, grid, seed=3)
+    train, fresh = samples[:300], samples[300:]
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
+    density.fit(train, train + 1e-4 * torch.randn_like(train))  # copies all but identical to their images
+    assert float(density.image_score(density.distance(train)).max()) < 1e-3  # in sample: the image itself
+    fresh_distance = density.distance(fresh)
+    fresh_scores = density.image_score(fresh_distance)
     assert float(density.score_mean) == pytest.approx(float(fresh_scores.mean()), rel=0.15)
     assert float(density.score_std) == pytest.approx(float(fresh_scores.std()), rel=0.35)
+    share_above = float((fresh_distance > density.cell_scale).float().mean())
+    assert 0.003 < share_above < 0.03  # cell_scale: the 99th percentile of a normal cell's distance
 
 
-def test_distances_of_normal_samples_average_the_channel_count_and_a_shifted_cell_stands_out() -> None:
-    channels, grid = 8, 4
-    samples, _, covs = correlated_features(6000, channels, grid, seed=0)
-    train, test = samples[:4000], samples[4000:]
-    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.0)
-    density.fit(train)
-    # the squared Mahalanobis distance of a Gaussian sample has mean C (chi-square with C degrees of freedom)
-    assert density.distance(test).mean().item() == pytest.approx(channels, rel=0.05)
-    shifted = test[:10].clone()
-    direction = torch.linalg.eigh(torch.from_numpy(covs[2 * grid + 1]).float()).eigenvectors[:, 0]  # least variance
-    shifted[:, :, 2, 1] += 2.0 * direction
-    distance = density.distance(shifted)
-    assert (distance.flatten(1).argmax(1) == 2 * grid + 1).all()
+def test_normal_anatomy_in_two_forms_is_near_one_and_what_lies_between_is_not() -> None:
+    """Normal cells come in two forms (as a small and a large patient put an edge in two places): both are near the
+    bank, a shifted cell stands out at its place, and so does a cell halfway between the two forms, which a
+    Gaussian around the mean would call the most normal of all."""
+    channels, grid = 4, 3
+    g = torch.Generator().manual_seed(0)
+    form = torch.tensor([3.0, -3.0, 0.0, 0.0])
+    sign = torch.where(torch.rand(900, 1, 1, 1, generator=g) < 0.5, 1.0, -1.0)
+    samples = sign * form[None, :, None, None] + 0.3 * torch.randn(900, channels, grid, grid, generator=g)
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
+    density.fit(samples[:800])
+    normal = density.distance(samples[800:])
+    halfway = samples[800:810].clone()
+    halfway[:, :, 1, 2] = 0.3 * torch.randn(10, channels, generator=g)  # the mean of the two forms
+    shifted = samples[800:810].clone()
+    shifted[:, 2, 0, 1] += 3.0
+    for abnormal, cell in ((halfway, 1 * grid + 2), (shifted, 0 * grid + 1)):
+        distance = density.distance(abnormal)
+        assert (distance.flatten(1).argmax(1) == cell).all()
+        assert float(distance.flatten(1)[:, cell].min()) > 3 * float(normal.max())
 
 
 def test_pool_averages_equal_cells_and_the_grid_must_divide_the_feature() -> None:
@@ -97,7 +131,7 @@ def test_pool_averages_equal_cells_and_the_grid_must_divide_the_feature() -> Non
 
 def test_subcell_descriptor_keeps_each_part_of_a_cell_in_its_own_entries() -> None:
     density = FeatureDensity(3, feature_size=12, grid=3, subcells=2)
-    assert density.channels == 12 and density.mean.shape == (9, 12) and density.precision.shape == (9, 12, 12)
+    assert density.channels == 12 and density.mean.shape == (9, 12) and density.whitening.shape == (9, 12, 12)
     features = torch.randn(2, 3, 12, 12)
     pooled = density.pool(features)
     assert pooled.shape == (2, 12, 3, 3)
@@ -160,7 +194,7 @@ def copy_detector(**kwargs) -> AnomalyDetector:
 
 
 def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_score_and_map() -> None:
-    detector = copy_detector(score_kind="combined", map_kind="feature")
+    detector = copy_detector(score_kind="combined", map_kind="feature", feature_subcells=4)  # 16 values per cell
     with torch.no_grad():
         detector.update_statistics(detector.raw_scores(textured(200, seed=0)))
         normal, abnormal = detector.raw_scores(textured(20, seed=1)), detector.raw_scores(textured(20, 2, True))
@@ -169,17 +203,18 @@ def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_
     # the residual is zero for every image: the reconstruction score cannot tell them apart
     torch.testing.assert_close(scores_a["reconstruction"], scores_n["reconstruction"])
     assert scores_a["feature"].min() > scores_n["feature"].max()
-    assert scores_a["combined"].min() > scores_n["combined"].max()
+    assert abnormal["feature_score"].min() > 20 * normal["feature_score"].max()
     # combined = sigmoid(z_reconstruction + z_feature)
     density = detector.statistics.density
     z_feature = (abnormal["feature_score"] - density.score_mean) / density.score_std
     z_recon = (abnormal["recon_error"] - detector.statistics.mean[1]) / detector.statistics.std[1]
+    torch.testing.assert_close(scores_a["feature"], torch.sigmoid(z_feature))
     torch.testing.assert_close(scores_a["combined"], torch.sigmoid(z_recon + z_feature))
-    # the map: sqrt(distance / C), clipped, upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
+    # the map: sqrt(distance / cell_scale), clipped, upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
     amap = abnormal["anomaly_map"]
     with torch.no_grad():
-        cell_distance = density.distance(F.avg_pool2d(textured(20, 2, True), 8))  # feature = image, 4 x 4 cells
-    cells = (cell_distance / 1).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]  # C = 1 channel, clipped
+        cell_distance = density.distance(density.pool(textured(20, 2, True)))  # feature = image, 4 x 4 cells
+    cells = (cell_distance / density.cell_scale).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]  # clipped
     want = F.interpolate(cells, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     torch.testing.assert_close(amap, want)
     cells = F.avg_pool2d(amap, 8)[:, 0]
@@ -195,7 +230,7 @@ def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_
     gross[:, :, 16:24, 8:16] += 50.0
     with torch.no_grad():
         gross_map, gross_score = detector(gross)
-        gross_cells = density.distance(F.avg_pool2d(gross, 8)).sqrt()
+        gross_cells = (density.distance(density.pool(gross)) / density.cell_scale).sqrt()
     assert float(gross_cells.max()) > 10 * FEATURE_MAP_MAX and float(gross_map.max()) <= FEATURE_MAP_MAX
     assert gross_score.min() >= scores_a["combined"].max()
 
@@ -232,12 +267,21 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
     assert not bool(fresh.statistics.ready)  # measured again before scoring (evaluation) or refused (inference)
     assert "no encoder-feature statistics" in caplog.text
     torch.testing.assert_close(fresh.statistics.pixel_mean, source.statistics.pixel_mean)
+    # a model of a bundle before 0.5 kept per-cell Gaussians (a mean and a precision, of any settings): its generator
+    # loads, its feature statistics are dropped and measured again
+    gaussians = {**old, "statistics.density.mean": torch.zeros(4, 9), "statistics.density.precision": torch.eye(9)
+                 .repeat(4, 1, 1), "statistics.density.score_mean": torch.tensor(3.0),
+                 "statistics.density.score_std": torch.tensor(1.0)}
+    older = copy_detector(score_kind="combined", map_kind="feature")
+    older.load_state_dict(gaussians)
+    assert not bool(older.statistics.ready) and older.statistics.density.bank.shape == (16, 1, 1)
+    torch.testing.assert_close(older.statistics.density.mean, torch.zeros(16, 1))
 
 
 def test_weights_measured_with_other_feature_settings_are_refused_with_the_settings_to_pass(tmp_path) -> None:
-    """A model of bundle 0.3 (one feature mean per cell) loaded by a detector built with subcells says what to pass,
-    instead of torch's size-mismatch list, and the configs' checkpoint loader names the file; with those settings
-    it loads and scores as before."""
+    """A model whose feature statistics were measured with one mean per cell, loaded by a detector built with
+    subcells, says what to pass instead of torch's size-mismatch list, and the configs' checkpoint loader names the
+    file; with those settings it loads and scores as before."""
     from ignite.engine import Engine
 
     from scripts.checkpoint import CheckpointFileLoader, save_atomic
@@ -246,12 +290,13 @@ def test_weights_measured_with_other_feature_settings_are_refused_with_the_setti
     with torch.no_grad():
         source.update_statistics(source.raw_scores(textured(50, seed=0)))
     with pytest.raises(FeatureSettingsMismatchError, match="16 cells by 1 values .* 16 cells by 4 .*"
-                       "'--feature_depth 1 --feature_subcells 1'"):
+                       "'--feature_depth 0 --feature_grid 4 --feature_subcells 1'"):
         copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2).load_state_dict(source.state_dict())
     path = tmp_path / "model.pt"
     save_atomic(source.state_dict(), path)
     loader = CheckpointFileLoader(load_path=path, load_dict={"model": copy_detector(feature_subcells=2)})
-    with pytest.raises(ValueError, match=r"model\.pt does not fit .*'--feature_depth 1 --feature_subcells 1'"):
+    with pytest.raises(ValueError, match=r"model\.pt does not fit .*'--feature_depth 0 --feature_grid 4 "
+                       "--feature_subcells 1'"):
         loader(Engine(lambda engine, batch: None))
     target = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
     target.load_state_dict(source.state_dict())
@@ -305,3 +350,47 @@ def test_statistics_measure_the_features_on_more_images_than_the_scores() -> Non
         all_cells = want.pooled_features(images).flatten(2).mean(0).T  # L x C: the mean over the 14 images
     torch.testing.assert_close(other.statistics.density.mean, all_cells)
     assert not torch.allclose(detector.statistics.density.mean, all_cells, atol=1e-3)
+
+
+def test_augmented_copies_join_the_bank_each_a_copy_of_its_image_and_the_same_at_every_measurement() -> None:
+    """compute_score_statistics with an augmentation: every feature-statistics image gives ``augmented_copies``
+    copies, drawn from the augmentation reset to ``seed`` (so two measurements of the same weights agree), row ``j``
+    of the copies being image ``j % N`` augmented; without features or copies nothing is augmented."""
+    from monai.data import DataLoader
+    from monai.transforms import RandAffine
+
+    from scripts.handlers import compute_score_statistics
+
+    images = textured(10, seed=8)
+    loader = DataLoader([{"image": im} for im in images], batch_size=4)
+
+    def augmentation() -> RandAffine:
+        return RandAffine(prob=1.0, translate_range=(3, 3), scale_range=(0.05, 0.05), padding_mode="border")
+
+    detector = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2)
+    compute_score_statistics(detector, loader, "cpu", max_images=4, feature_max_images=10,
+                             augmentation=augmentation(), augmented_copies=2, seed=5)
+    bank = detector.statistics.density.bank.float()
+    assert bank.shape == (16, 30, 4)
+    # the copies, made the same way by hand: per batch, each copy in turn, image by image
+    reference, copies = augmentation(), [[], []]
+    reference.set_random_state(5)
+    for start in range(0, 10, 4):
+        for copy in copies:
+            copy += [torch.as_tensor(reference(image)) for image in images[start:start + 4]]
+    want = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2)
+    with torch.no_grad():
+        moved = torch.stack(copies[0] + copies[1])
+        assert not torch.allclose(moved[:10], images, atol=1e-3) and not torch.allclose(moved[:10], moved[10:])
+        want.update_statistics({**want.raw_scores(images[:4]), "pooled_features": want.pooled_features(images),
+                                "augmented_features": want.pooled_features(moved)})
+    for name, value in want.statistics.state_dict().items():
+        torch.testing.assert_close(detector.statistics.state_dict()[name], value, msg=name)
+    again = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2)
+    compute_score_statistics(again, loader, "cpu", max_images=4, feature_max_images=10,
+                             augmentation=augmentation(), augmented_copies=2, seed=5)
+    assert torch.equal(again.statistics.density.bank, detector.statistics.density.bank)
+    plain = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2)
+    compute_score_statistics(plain, loader, "cpu", max_images=4, feature_max_images=10,
+                             augmentation=augmentation(), augmented_copies=0)
+    assert plain.statistics.density.bank.shape == (16, 10, 4)

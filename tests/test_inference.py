@@ -520,15 +520,22 @@ def test_model_without_score_statistics_stops_and_says_what_to_do(tmp_path) -> N
     assert not (tmp_path / "out" / "anomaly_scores.csv").exists()
 
 
-def test_model_without_feature_statistics_is_refused_then_scored_without_them(tmp_path) -> None:
-    """A model.pt of bundle 0.2 (measured statistics, no encoder-feature statistics) is refused by the default
-    combined score, with the overrides that score it without them; with those overrides it is scored."""
+@pytest.mark.parametrize("version", ["0.2", "0.4"])
+def test_model_without_feature_statistics_is_refused_then_scored_without_them(tmp_path, version) -> None:
+    """A model.pt of bundle 0.2 (measured statistics, no encoder-feature statistics) or 0.4 (per-cell Gaussians: a
+    mean and a precision per cell) is refused by the default feature score, with the overrides that score it without
+    them; with those overrides it is scored."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     Image.fromarray(np.rint(synthetic(5) * 255).astype(np.uint8)).save(inputs / "x.png")
     state = {k: v for k, v in tiny_detector().state_dict().items() if ".density." not in k}
+    if version == "0.4":
+        cells, values = 64, 128
+        state.update({"statistics.density.mean": torch.zeros(cells, values),
+                      "statistics.density.precision": torch.eye(values).repeat(cells, 1, 1),
+                      "statistics.density.score_mean": torch.tensor(1.0), "statistics.density.score_std": torch.tensor(1.0)})
     state["statistics.ready"].fill_(True)
-    ckpt = tmp_path / "model_0_2.pt"
+    ckpt = tmp_path / f"model_{version}.pt"
     torch.save(state, ckpt)
     with pytest.raises(Exception) as info:
         run(run_inference(inputs, tmp_path / "out", ckpt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ MAP_KINDS = ("residual", "feature")
 """Anomaly maps: ``|x - G(x)|`` or the encoder-feature distance map."""
 
 FEATURE_MAP_MAX = 10.0
-"""The feature map is clipped here (ten times the typical normal deviation), so its values have a declared range."""
+"""The feature map is clipped here (ten times the distance that 1 % of normal cells exceed), so its values have a
+declared range."""
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,12 @@ class ScoreStatistics(nn.Module):
     larger residuals where they vary more (lung bases, heart border). It travels with the statistics because the
     image-level ``mean``/``std`` were measured with it: a loaded state dict's value replaces the constructor's.
 
-    ``density`` (optional) is the per-location Gaussian model of the encoder features
+    ``density`` (optional) is the per-location model of the encoder features
     (:class:`scripts.feature_density.FeatureDensity`), measured with the other statistics and saved with them.
 
     A state dict written before the per-pixel buffers (or, with ``density``, the feature statistics) existed
     loads without error: those statistics keep their defaults and ``ready`` is cleared, so that they are
-    measured again. One written before ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its
+    measured again. Without ``density``, feature statistics in the state dict are left unused. One written before ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its
     statistics were measured with.
 
     Args:
@@ -121,12 +123,19 @@ class ScoreStatistics(nn.Module):
         error_msgs: list[str],
     ) -> None:
         absent = [prefix + name for name in self.PIXEL_BUFFERS if prefix + name not in state_dict]
-        no_density = self.density is not None and prefix + "density.mean" not in state_dict
+        no_density = self.density is not None and prefix + "density.bank" not in state_dict
         floor_key = prefix + "std_floor"
         configured_floor = float(self.std_floor)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if self.density is None:  # feature statistics saved with the model are not used by a detector without them
+            unused = [key for key in unexpected_keys if key.startswith(prefix + "density.")]
+            for key in unused:
+                unexpected_keys.remove(key)
+            if unused:
+                logger.info("the model's encoder-feature statistics are not used: this detector has none "
+                            "(feature_depth None).")
         if floor_key not in state_dict:
             if floor_key in missing_keys:
                 missing_keys.remove(floor_key)
@@ -136,8 +145,9 @@ class ScoreStatistics(nn.Module):
                            "instead of %g.", float(self.std_floor), configured_floor)
         if no_density:
             self.ready.fill_(False)
-            logger.warning("the loaded score statistics have no encoder-feature statistics: they are marked as not "
-                           "measured and must be measured again.")
+            logger.warning("the loaded score statistics have no encoder-feature statistics of this kind (models of "
+                           "bundles before 0.5 kept per-cell Gaussians): they are marked as not measured and must be "
+                           "measured again.")
         if not absent:
             return
         for key in absent:
@@ -174,16 +184,17 @@ class AnomalyDetector(nn.Module):
       normal images have none.
     - ``"feature"`` (with ``feature_depth``): the generator's encoder feature at depth ``feature_depth`` is
       average-pooled over each of ``feature_subcells x feature_subcells`` parts of every cell of a
-      ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side) is compared with a
-      Gaussian fitted to normal training images (:class:`scripts.feature_density.FeatureDensity`); the raw score is the
-      largest squared Mahalanobis distance, standardised over the training images, anomaly score ``sigmoid(z)``.
+      ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side) is compared with the
+      descriptors of normal training images there (:class:`scripts.feature_density.FeatureDensity`: the squared
+      distance to the nearest, after whitening by their shrunk covariance); the raw score is the largest cell
+      distance, standardised over the training images, anomaly score ``sigmoid(z)``.
       It sees findings the generator reproduces and so leaves out of the residual.
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
-    ``"feature"``, the cell distances as root-mean-square standardised deviations per descriptor value
-    (``sqrt(d2 / D)``, ``D`` the descriptor's size, mostly below 1 on normal anatomy, clipped at
-    ``FEATURE_MAP_MAX``), bilinearly upsampled to the image.
+    ``"feature"``, the cell distances relative to the distance that 1 % of the cells of normal training images
+    exceed (``sqrt(d2 / cell_scale)``: below 1 on 99 % of normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly
+    upsampled to the image.
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
     travel with an exported TorchScript module.
 
@@ -205,7 +216,7 @@ class AnomalyDetector(nn.Module):
             ``i``); ``None`` for none (then only the discriminator and reconstruction scores and the residual map).
         feature_grid: cells per side of the feature statistics; ``feature_grid * feature_subcells`` must divide the
             feature's side ``img_size / 2 ** feature_depth``.
-        feature_shrinkage: covariance shrinkage of the feature statistics (:class:`FeatureDensity`).
+        feature_shrinkage: covariance shrinkage of the feature statistics' whitening (:class:`FeatureDensity`).
         feature_subcells: parts per side of a cell pooled separately into its descriptor (:class:`FeatureDensity`).
         map_kind: the anomaly map, one of ``MAP_KINDS``.
     """
@@ -221,7 +232,7 @@ class AnomalyDetector(nn.Module):
         residual_std_floor: float = 0.4,
         feature_depth: int | None = None,
         feature_grid: int = 8,
-        feature_shrinkage: float = 0.01,
+        feature_shrinkage: float = 0.3,
         map_kind: str = "residual",
         feature_subcells: int = 1,
     ) -> None:
@@ -285,13 +296,17 @@ class AnomalyDetector(nn.Module):
                 "from that file)."
             )
         saved, density = state_dict.get("statistics.density.mean"), self.statistics.density
-        if isinstance(saved, torch.Tensor) and density is not None and saved.shape != density.mean.shape:
+        measured = "statistics.density.bank" in state_dict  # older feature statistics are dropped and measured again
+        if measured and isinstance(saved, torch.Tensor) and density is not None and saved.shape != density.mean.shape:
+            grid = math.isqrt(saved.shape[0])
+            settings = [f"'--feature_depth {depth} --feature_grid {grid} --feature_subcells {parts}'"
+                        for depth, channels in enumerate(self.generator.features) for parts in range(1, 9)
+                        if channels * parts**2 == saved.shape[1]]
             raise FeatureSettingsMismatchError(
                 f"the weights' feature statistics describe {saved.shape[0]} cells by {saved.shape[1]} values and this "
                 f"detector builds {density.mean.shape[0]} cells by {density.mean.shape[1]} (feature_depth "
                 f"{self.feature_depth}, feature_grid {density.grid}, feature_subcells {density.subcells}): pass the "
-                "feature settings the model was trained with; a model of bundle 0.3 was trained with "
-                "'--feature_depth 1 --feature_subcells 1'."
+                f"feature settings the model was trained with: {' or '.join(settings) or 'those of its training run'}."
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -344,7 +359,7 @@ class AnomalyDetector(nn.Module):
             raw["pooled_features"] = pooled
             raw["feature_score"] = density.image_score(distance)
             if self.map_kind == "feature":
-                cells = (distance.clamp_min(0) / density.channels).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]
+                cells = (distance.clamp_min(0) / density.cell_scale).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]
                 raw["anomaly_map"] = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return raw
 
@@ -361,13 +376,15 @@ class AnomalyDetector(nn.Module):
     def update_statistics(self, raw: Mapping[str, torch.Tensor]) -> None:
         """Measure all score statistics over normal training images from their :meth:`raw_scores` (gathered over
         the images): with ``feature_depth`` first the feature statistics from ``"pooled_features"``
-        (M x C x grid x grid; these may come from more images, :meth:`pooled_features`), then the per-pixel
+        (M x C x grid x grid; these may come from more images, :meth:`pooled_features`) and, if there,
+        ``"augmented_features"`` (K * M x C x grid x grid, row ``j`` an augmented copy of image ``j % M``), then the
+        per-pixel
         statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W), then the mean and std of the
         discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the new per-pixel statistics
         give."""
         density = self.statistics.density
         if density is not None:
-            density.fit(raw["pooled_features"])
+            density.fit(raw["pooled_features"], raw.get("augmented_features"))
         residual = raw["residual"]
         self.statistics.update_pixels(residual)
         recon_error = self.residual_score(residual.to(self.statistics.pixel_mean.device))

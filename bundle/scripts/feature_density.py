@@ -1,11 +1,11 @@
-"""Per-location Gaussian model of the encoder's features on normal images: the feature score and map.
+"""Per-location model of the encoder's features on normal images: the feature score and map.
 
 The generator reproduces large findings (an effusion, an enlarged heart) through its skip connections, so its
 reconstruction residual cannot show them; the encoder's features at those places still differ from the features
-normal images have there. :class:`FeatureDensity` fits one Gaussian per cell of a ``grid x grid`` partition of the
-image to a descriptor of the encoder features of normal training images there (the features average-pooled over each
-of ``subcells x subcells`` parts of the cell, side by side) and measures how far a new image's descriptors lie from it
-(squared Mahalanobis distance), cell by cell (``docs/method.md``, "Scoring").
+normal images have there. :class:`FeatureDensity` keeps, for each cell of a ``grid x grid`` partition of the image,
+the descriptors of the encoder features of normal training images there (the features average-pooled over each of
+``subcells x subcells`` parts of the cell, side by side), whitened by the cell's shrunk covariance, and measures how
+far a new image's descriptor lies from the nearest of them, cell by cell (``docs/method.md``, "Scoring").
 """
 
 from __future__ import annotations
@@ -17,31 +17,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureDensity", "squared_mahalanobis"]
-
-
-def squared_mahalanobis(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
-    """``(x - mean)^T precision (x - mean)`` per cell and image: ``L x N x C`` features, ``L x C`` means and
-    ``L x C x C`` precisions -> ``L x N``."""
-    diff = x - mean[:, None]
-    return torch.einsum("lnc,lcd,lnd->ln", diff, precision, diff)
+__all__ = ["FeatureDensity"]
 
 
 class FeatureDensity(nn.Module):
-    """One Gaussian per grid cell over a descriptor of the encoder features there, kept as buffers.
+    """Per grid cell, the whitened descriptors of normal images and the distance of a new one to the nearest, kept
+    as buffers.
 
     A cell's descriptor is the encoder features average-pooled over each of its ``subcells x subcells`` equal parts,
     concatenated (``D = C * subcells ** 2`` values): with ``subcells`` 1 the cell's mean feature; with more it also
     keeps where in the cell a feature lies (a small nodule in one corner of a cell is then not averaged away).
 
-    ``mean`` (``L x D``, ``L = grid ** 2`` cells, row-major) and ``precision`` (``L x D x D``, the inverse of the
-    covariance after shrinkage) are measured by :meth:`fit`; ``score_mean``/``score_std`` are the mean and standard
-    deviation of the image-level feature score (the largest cell distance) of normal images the Gaussians were not
-    fitted to (cross-fitted over the same images), set by :meth:`fit` too. Until fitted, ``mean`` is 0 and
-    ``precision`` the identity (the distance is then the squared norm).
+    :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
+    and a whitening ``whitening`` (``L x D x D``, lower triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
+    with ``S`` the covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``, float16: the
+    normal images and, if given, their augmented copies). A cell's distance is the squared Euclidean distance of the
+    whitened descriptor to the nearest whitened training descriptor of that cell: a Mahalanobis-type metric to the
+    nearest normal example rather than to the mean, so normal anatomy that comes in several forms (a small or a large
+    patient, a high or a low diaphragm) is near one of them. The shrinkage blends that metric towards the Euclidean
+    one (the covariance's smallest directions then do not dominate).
 
-    Shrinkage: the covariance ``S`` of a cell becomes ``S + shrinkage * mean(diag(S)) * I``, so it is invertible with
-    fewer images than channels and its smallest directions do not dominate the distance.
+    ``score_mean``/``score_std`` are the mean and standard deviation of the image-level feature score (the largest
+    cell distance) and ``cell_scale`` the 99th percentile of the cell distances, of normal training images each
+    measured without its own descriptors (its augmented copies included) in the bank: what a new normal image gives.
+    Until fitted, the bank is one zero row, ``mean`` 0 and ``whitening`` the identity (the distance is then the
+    squared norm).
 
     Args:
         channels: ``C``, channels of the encoder feature.
@@ -54,10 +54,10 @@ class FeatureDensity(nn.Module):
     distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
     """
 
-    BUFFERS = ("mean", "precision", "score_mean", "score_std")
+    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "score_mean", "score_std")
 
     def __init__(
-        self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.01, subcells: int = 1
+        self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.3, subcells: int = 1
     ) -> None:
         super().__init__()
         if subcells < 1:
@@ -75,7 +75,9 @@ class FeatureDensity(nn.Module):
         self.shrinkage = shrinkage
         cells = grid * grid
         self.register_buffer("mean", torch.zeros(cells, self.channels))
-        self.register_buffer("precision", torch.eye(self.channels).repeat(cells, 1, 1))
+        self.register_buffer("whitening", torch.eye(self.channels).repeat(cells, 1, 1))
+        self.register_buffer("bank", torch.zeros(cells, 1, self.channels, dtype=torch.float16))
+        self.register_buffer("cell_scale", torch.ones(()))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
@@ -86,10 +88,24 @@ class FeatureDensity(nn.Module):
         n, c, g, s = parts.shape[0], parts.shape[1], self.grid, self.subcells
         return parts.reshape(n, c, g, s, g, s).permute(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, g, g)
 
+    def whiten(self, cells: Tensor) -> Tensor:
+        """``L x N x D`` descriptors -> ``L x N x D``, centred and whitened per cell (float32)."""
+        return torch.bmm(cells.float() - self.mean[:, None], self.whitening)
+
+    @staticmethod
+    def _nearest(queries: Tensor, bank: Tensor) -> Tensor:
+        """Squared distance of each of ``L x N x D`` queries to every row of the ``L x M x D`` bank (float32),
+        ``L x N x M``."""
+        bank = bank.float()
+        cross = torch.bmm(queries, bank.transpose(1, 2))
+        return (queries.square().sum(-1)[..., None] + bank.square().sum(-1)[:, None] - 2 * cross).clamp_min(0)
+
     def distance(self, pooled: Tensor) -> Tensor:
-        """Squared Mahalanobis distance of every cell, ``N x C x grid x grid`` -> ``N x grid x grid`` (float32)."""
+        """Cell distances, ``N x D x grid x grid`` descriptors -> ``N x grid x grid`` (float32): the squared
+        distance of each whitened descriptor to the nearest whitened training descriptor of its cell."""
         with torch.autocast(pooled.device.type, enabled=False):
-            dist = squared_mahalanobis(pooled.float().flatten(2).permute(2, 0, 1), self.mean, self.precision)
+            cells = self.whiten(pooled.float().flatten(2).permute(2, 0, 1))  # L x N x D
+            dist = self._nearest(cells, self.bank).amin(-1)
         return dist.T.reshape(pooled.shape[0], self.grid, self.grid)
 
     @staticmethod
@@ -97,41 +113,52 @@ class FeatureDensity(nn.Module):
         """The image-level feature score: the largest cell distance, ``N x grid x grid`` -> ``N``."""
         return distance.flatten(1).amax(1)
 
-    def _gaussians(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-cell mean (``L x C``) and shrunk precision (``L x C x C``) of ``L x N x C`` features, float64."""
+    def _cells(self, pooled: Tensor, what: str) -> Tensor:
+        """``N x D x grid x grid`` -> ``L x N x D`` (float64, on the buffers' device), checking the shape."""
+        if pooled.shape[1:] != (self.channels, self.grid, self.grid):
+            raise ValueError(f"{what} must be N x {self.channels} x {self.grid} x {self.grid}, "
+                             f"got {tuple(pooled.shape)}.")
+        return pooled.double().flatten(2).permute(2, 0, 1).to(self.mean.device)
+
+    @torch.no_grad()
+    def fit(self, pooled: Tensor, augmented: Tensor | None = None) -> None:
+        """Measure every cell's whitening and bank from the pooled descriptors of N normal images
+        (``N x D x grid x grid``, N >= 3) and, optionally, of augmented copies of them (``K * N x D x grid x grid``,
+        row ``j`` a copy of image ``j % N``), and the statistics of the scores of a normal image the bank does not
+        hold.
+
+        An image's distance to a bank that holds it (or a copy of it) is about 0, so the score statistics and
+        ``cell_scale`` are measured leaving each image out: image ``i`` (un-augmented) is scored against the bank
+        without its own rows. The mean and whitening are measured over all rows.
+        """
+        n = pooled.shape[0]
+        if n < 3:
+            raise ValueError(f"the feature statistics need at least 3 training images, got {n}.")
+        rows = [self._cells(pooled, "pooled features")]
+        if augmented is not None and augmented.shape[0]:
+            if augmented.shape[0] % n:
+                raise ValueError(f"the augmented copies ({augmented.shape[0]} descriptors) must be whole copies of the "
+                                 f"{n} images.")
+            rows.append(self._cells(augmented, "augmented pooled features"))
+        x = torch.cat(rows, 1)  # L x M x D
         mean = x.mean(1)
         centred = x - mean[:, None]
         cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
         scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
         eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
-        return mean, torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye)
-
-    @torch.no_grad()
-    def fit(self, pooled: Tensor, folds: int = 5) -> None:
-        """Measure every cell's Gaussian from the pooled descriptors of N normal images (``N x D x grid x grid``,
-        N >= 3), and the mean and standard deviation of the image score of a normal image the model has not seen.
-
-        An image's distance to a Gaussian fitted with it is smaller than a new image's (the more so the fewer the
-        images per channel), so the score statistics come from ``folds``-fold cross-fitting: each fold is scored
-        by the Gaussians of the other images (image ``i`` is in fold ``i % folds``, so these two values depend on the
-        images' order, e.g. how the ranks' shards were gathered). The Gaussians kept are fitted to all N images.
-        """
-        n = pooled.shape[0]
-        if n < 3:
-            raise ValueError(f"the feature statistics need at least 3 training images, got {n}.")
-        if pooled.shape[1:] != (self.channels, self.grid, self.grid):
-            raise ValueError(f"pooled features must be N x {self.channels} x {self.grid} x {self.grid}, "
-                             f"got {tuple(pooled.shape)}.")
-        x = pooled.double().flatten(2).permute(2, 0, 1).to(self.mean.device)  # L x N x C
-        fold = torch.arange(n, device=x.device) % min(folds, n)
-        held_out = []
-        for k in range(int(fold.max()) + 1):
-            mean, precision = self._gaussians(x[:, fold != k])
-            held_out.append(squared_mahalanobis(x[:, fold == k], mean, precision).amax(0))  # image scores
-        scores = torch.cat(held_out)
-        mean, precision = self._gaussians(x)
+        whitening = torch.linalg.cholesky(torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye))
         self.mean.copy_(mean)
-        self.precision.copy_(precision)
+        self.whitening.copy_(whitening)
+        bank = torch.bmm(centred, whitening).to(self.bank.dtype)
+        owner = torch.arange(x.shape[1], device=x.device) % n
+        own = owner[None] == torch.arange(n, device=x.device)[:, None]  # N x M: image i's own rows
+        held_out = torch.stack([
+            self._nearest(bank[cell, None, :n].float(), bank[cell, None]).squeeze(0).masked_fill(own, float("inf"))
+            .amin(1) for cell in range(x.shape[0])
+        ])  # L x N
+        self._buffers["bank"] = bank
+        scores = held_out.amax(0)
+        self.cell_scale.copy_(torch.quantile(held_out.flatten().double(), 0.99).clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
         self.score_std.copy_(scores.std().clamp_min(1e-6))
 
@@ -145,12 +172,18 @@ class FeatureDensity(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """A state dict written before the feature statistics existed loads without them: they keep their unfitted
-        defaults (the owner, :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured)."""
+        """The bank takes the saved number of rows. A state dict written before these statistics existed (none, or the
+        per-cell Gaussians of bundles before 0.5) loads without them: they keep their unfitted defaults (the owner,
+        :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are measured again)."""
+        saved_bank = state_dict.get(prefix + "bank")
+        if isinstance(saved_bank, Tensor):
+            self._buffers["bank"] = torch.zeros(saved_bank.shape, dtype=self.bank.dtype, device=self.bank.device)
+        else:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        if all(prefix + name not in state_dict for name in self.BUFFERS):
+        if not isinstance(saved_bank, Tensor):
             for name in self.BUFFERS:
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import Randomizable
 from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 
 from .detector import SCORE_KINDS, AnomalyDetector
@@ -52,25 +53,34 @@ def compute_score_statistics(
     max_images: int = 200,
     amp: bool = False,
     feature_max_images: int = 2000,
+    augmentation: Randomizable | None = None,
+    augmented_copies: int = 0,
+    seed: int = 0,
 ) -> None:
     """Measure the score-normalisation statistics over up to ``max_images`` training images (the feature statistics
-    over up to ``feature_max_images``).
+    over up to ``feature_max_images``, and ``augmented_copies`` randomly augmented copies of those).
 
     The detector runs in eval mode on un-augmented normal training images; the discriminator logits and the
     smoothed reconstruction residuals (N x 1 x H x W) of the first ``max_images`` and, with feature statistics, the
     pooled encoder features (M x C x grid x grid) of the first ``feature_max_images`` are collected on the CPU (the
     features of images past ``max_images`` by the encoder blocks alone, a small part of the generator's cost), then
     :meth:`~scripts.detector.AnomalyDetector.update_statistics` measures the feature statistics, the per-pixel
-    residual statistics and the mean and std of the raw scores. Under ``torch.distributed`` give each rank its
-    shard of the images: what every rank collected is gathered, so every rank gets the statistics of the whole
-    set. Every rank must call it.
+    residual statistics and the mean and std of the raw scores. With ``augmentation`` (a MONAI array transform of
+    one ``1 x H x W`` image, e.g. ``RandAffine``; its random state is reset to ``seed`` first, so the same weights
+    give the same statistics) each feature-statistics image also gives ``augmented_copies`` augmented copies, whose
+    features join the bank of normal descriptors. Under ``torch.distributed`` give each rank its shard of the images:
+    what every rank collected is gathered, so every rank gets the statistics of the whole set. Every rank must call it.
     """
     detector = unwrap(detector)
     was_training = detector.training
     detector.eval()
     with_features = detector.statistics.density is not None
+    copies = augmented_copies if with_features and augmentation is not None else 0
+    if copies:
+        augmentation.set_random_state(seed)
     cap = max(max_images, feature_max_images) if with_features else max_images
     disc, residual, pooled, seen = [], [], [], 0
+    augmented: list[list[torch.Tensor]] = [[] for _ in range(copies)]
     for batch in data_loader:
         x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: cap - seen]
         scored = max(0, min(x.shape[0], max_images - seen))
@@ -83,6 +93,9 @@ def compute_score_statistics(
                     pooled.append(raw["pooled_features"].float().cpu())
             if with_features and scored < x.shape[0]:
                 pooled.append(detector.pooled_features(x[scored:]).float().cpu())
+            for copy in augmented:
+                moved = torch.stack([convert_to_tensor(augmentation(image), track_meta=False) for image in x])
+                copy.append(detector.pooled_features(moved).float().cpu())
         seen += x.shape[0]
         if seen >= cap:
             break
@@ -98,6 +111,11 @@ def compute_score_statistics(
     gathered = {"disc_logit": disc_all, "residual": residual_all}
     if with_features:
         gathered["pooled_features"] = evenly_divisible_all_gather(torch.cat(pooled), concat=True)[:feature_max_images]
+        if copies:  # each copy gathered like the originals, so row j of the result is a copy of image j % count
+            count = gathered["pooled_features"].shape[0]
+            gathered["augmented_features"] = torch.cat(
+                [evenly_divisible_all_gather(torch.cat(copy), concat=True)[:count] for copy in augmented]
+            )
     detector.update_statistics(gathered)
     statistics = detector.statistics
     logger.info(
@@ -106,8 +124,9 @@ def compute_score_statistics(
         seen, *(float(v) for v in (statistics.mean[0], statistics.std[0], statistics.mean[1], statistics.std[1],
                                     statistics.pixel_std.min(), statistics.pixel_std.max(),
                                     statistics.pixel_std.median(), statistics.std_floor)),
-        f"; feature statistics over {gathered['pooled_features'].shape[0]} images: feature score "
-        f"{float(statistics.density.score_mean):.4f} +- {float(statistics.density.score_std):.4f}"
+        f"; feature statistics over {gathered['pooled_features'].shape[0]} images and {copies} augmented copies of "
+        f"each: feature score {float(statistics.density.score_mean):.4f} +- "
+        f"{float(statistics.density.score_std):.4f}"
         if with_features else "",
     )
 
@@ -122,6 +141,11 @@ class ScoreStatisticsHandler:
         only_if_missing: skip when the statistics are already there (e.g. loaded from a checkpoint).
         amp: autocast while scoring.
         feature_max_images: how many images the feature statistics are measured on (when the detector has them).
+        augmentation: a MONAI array transform of one ``1 x H x W`` image giving the augmented copies (the
+            training's random affine in the configs), or ``None`` for none.
+        augmented_copies: how many augmented copies of each feature-statistics image join the bank of normal
+            descriptors (0: none).
+        seed: the augmentation's random state at every measurement.
     """
 
     def __init__(
@@ -132,6 +156,9 @@ class ScoreStatisticsHandler:
         only_if_missing: bool = False,
         amp: bool = False,
         feature_max_images: int = 2000,
+        augmentation: Randomizable | None = None,
+        augmented_copies: int = 0,
+        seed: int = 0,
     ) -> None:
         self.detector = detector
         self.data_loader = data_loader
@@ -139,6 +166,9 @@ class ScoreStatisticsHandler:
         self.only_if_missing = only_if_missing
         self.amp = amp
         self.feature_max_images = feature_max_images
+        self.augmentation = augmentation
+        self.augmented_copies = augmented_copies
+        self.seed = seed
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -148,7 +178,7 @@ class ScoreStatisticsHandler:
             logger.info("score statistics loaded with the checkpoint; not recomputed.")
             return
         compute_score_statistics(self.detector, self.data_loader, engine.state.device, self.max_images, self.amp,
-                                 self.feature_max_images)
+                                 self.feature_max_images, self.augmentation, self.augmented_copies, self.seed)
 
 
 class ScoreCollector:

@@ -305,8 +305,8 @@ class ScoreCSVWriter:
                 "cannot be normalised and its decision threshold is not set. Train it with this version "
                 "(python -m monai.bundle run training --config_file configs/train.json): the models/model.pt it "
                 "writes holds the statistics measured on the training images and the validation threshold. A model "
-                "of bundle 0.2 (no encoder-feature statistics) scores without them: add --feature_depth '$None' "
-                "--score_kind reconstruction --map_kind residual."
+                "of bundles 0.2 to 0.4 (no encoder-feature statistics, or the per-cell Gaussians that 0.5 replaced) "
+                "scores without them: add --feature_depth '$None' --score_kind reconstruction --map_kind residual."
             )
         self.output_file.parent.mkdir(parents=True, exist_ok=True)
         try:
