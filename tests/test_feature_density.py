@@ -260,6 +260,11 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x))
     assert bool(target.statistics.ready)
+    # the bank is saved in float16 (it holds float16 values) and used in float32; its norms are derived, not saved
+    saved = source.state_dict()
+    assert saved["statistics.density.bank"].dtype == torch.float16 and "statistics.density.bank_norms" not in saved
+    assert target.statistics.density.bank.dtype == torch.float32 and target.statistics.density.bank.shape[1] == 50
+    torch.testing.assert_close(target.statistics.density.bank_norms, target.statistics.density.bank.square().sum(-1))
     old = {k: v for k, v in source.state_dict().items() if ".density." not in k}
     fresh = copy_detector(score_kind="combined", map_kind="feature")
     with caplog.at_level(logging.WARNING, logger="scripts.detector"):

@@ -186,8 +186,8 @@ def model(tmp_path_factory, folder) -> dict:
     """A tiny ``model.pt`` whose statistics spread the scores and whose threshold splits them, and the score and
     original-size anomaly map of every good input computed directly with its detector."""
     detector = tiny_detector()
-    with torch.no_grad():
-        raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None])
+    with torch.no_grad():  # statistics of other images than those scored (mirrored): their distances are not ~0
+        raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None].flip(-1))
                for p in folder["good"]]
     detector.update_statistics({k: torch.cat([r[k] for r in raw]) for k in ("disc_logit", "residual", "pooled_features")})
     expected = {p: direct(detector, p) for p in folder["good"]}

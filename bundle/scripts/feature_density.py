@@ -30,8 +30,9 @@ class FeatureDensity(nn.Module):
 
     :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
     and a whitening ``whitening`` (``L x D x D``, lower triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
-    with ``S`` the covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``, float16: the
-    normal images and, if given, their augmented copies). A cell's distance is the squared Euclidean distance of the
+    with ``S`` the covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``: the normal
+    images and, if given, their augmented copies; rounded to float16, the precision it is saved in, and used in
+    float32, with its squared norms ``bank_norms``, ``L x M``, derived from it and not saved). A cell's distance is the squared Euclidean distance of the
     whitened descriptor to the nearest whitened training descriptor of that cell: a Mahalanobis-type metric to the
     nearest normal example rather than to the mean, so normal anatomy that comes in several forms (a small or a large
     patient, a high or a low diaphragm) is near one of them. The shrinkage blends that metric towards the Euclidean
@@ -76,7 +77,8 @@ class FeatureDensity(nn.Module):
         cells = grid * grid
         self.register_buffer("mean", torch.zeros(cells, self.channels))
         self.register_buffer("whitening", torch.eye(self.channels).repeat(cells, 1, 1))
-        self.register_buffer("bank", torch.zeros(cells, 1, self.channels, dtype=torch.float16))
+        self.register_buffer("bank", torch.zeros(cells, 1, self.channels))
+        self.register_buffer("bank_norms", torch.zeros(cells, 1), persistent=False)
         self.register_buffer("cell_scale", torch.ones(()))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
@@ -90,22 +92,26 @@ class FeatureDensity(nn.Module):
 
     def whiten(self, cells: Tensor) -> Tensor:
         """``L x N x D`` descriptors -> ``L x N x D``, centred and whitened per cell (float32)."""
-        return torch.bmm(cells.float() - self.mean[:, None], self.whitening)
+        return torch.bmm((cells.float() - self.mean[:, None]).contiguous(), self.whitening)  # strided bmm: 60x slower
 
     @staticmethod
-    def _nearest(queries: Tensor, bank: Tensor) -> Tensor:
-        """Squared distance of each of ``L x N x D`` queries to every row of the ``L x M x D`` bank (float32),
-        ``L x N x M``."""
-        bank = bank.float()
+    def _nearest(queries: Tensor, bank: Tensor, bank_norms: Tensor) -> Tensor:
+        """Squared distance of each of ``L x N x D`` queries to every row of the ``L x M x D`` bank (float32, its
+        squared norms ``L x M``), ``L x N x M``."""
         cross = torch.bmm(queries, bank.transpose(1, 2))
-        return (queries.square().sum(-1)[..., None] + bank.square().sum(-1)[:, None] - 2 * cross).clamp_min(0)
+        return (queries.square().sum(-1)[..., None] + bank_norms[:, None] - 2 * cross).clamp_min(0)
+
+    def _set_bank(self, bank: Tensor) -> None:
+        """Keep ``L x M x D`` whitened descriptors as the bank, rounded to float16 (as saved), and their norms."""
+        self._buffers["bank"] = bank.to(torch.float16).float()
+        self._buffers["bank_norms"] = self.bank.square().sum(-1)
 
     def distance(self, pooled: Tensor) -> Tensor:
         """Cell distances, ``N x D x grid x grid`` descriptors -> ``N x grid x grid`` (float32): the squared
         distance of each whitened descriptor to the nearest whitened training descriptor of its cell."""
         with torch.autocast(pooled.device.type, enabled=False):
             cells = self.whiten(pooled.float().flatten(2).permute(2, 0, 1))  # L x N x D
-            dist = self._nearest(cells, self.bank).amin(-1)
+            dist = self._nearest(cells, self.bank, self.bank_norms).amin(-1)
         return dist.T.reshape(pooled.shape[0], self.grid, self.grid)
 
     @staticmethod
@@ -149,14 +155,14 @@ class FeatureDensity(nn.Module):
         whitening = torch.linalg.cholesky(torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye))
         self.mean.copy_(mean)
         self.whitening.copy_(whitening)
-        bank = torch.bmm(centred, whitening).to(self.bank.dtype)
+        self._set_bank(torch.bmm(centred, whitening))
+        bank, norms = self.bank, self.bank_norms
         owner = torch.arange(x.shape[1], device=x.device) % n
         own = owner[None] == torch.arange(n, device=x.device)[:, None]  # N x M: image i's own rows
         held_out = torch.stack([
-            self._nearest(bank[cell, None, :n].float(), bank[cell, None]).squeeze(0).masked_fill(own, float("inf"))
-            .amin(1) for cell in range(x.shape[0])
+            self._nearest(bank[cell, None, :n], bank[cell, None], norms[cell, None]).squeeze(0)
+            .masked_fill(own, float("inf")).amin(1) for cell in range(x.shape[0])
         ])  # L x N
-        self._buffers["bank"] = bank
         scores = held_out.amax(0)
         self.cell_scale.copy_(torch.quantile(held_out.flatten().double(), 0.99).clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
@@ -177,7 +183,7 @@ class FeatureDensity(nn.Module):
         :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
-            self._buffers["bank"] = torch.zeros(saved_bank.shape, dtype=self.bank.dtype, device=self.bank.device)
+            self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
         else:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         super()._load_from_state_dict(
@@ -187,3 +193,9 @@ class FeatureDensity(nn.Module):
             for name in self.BUFFERS:
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)
+        self._set_bank(self.bank)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """The bank is saved in float16 (half the size; it holds float16 values already)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "bank"] = destination[prefix + "bank"].to(torch.float16)
