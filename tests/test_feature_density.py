@@ -1,4 +1,4 @@
-"""The encoder-feature statistics: per-cell Gaussians, their distances, the feature and combined scores and map."""
+"""The encoder-feature statistics: per-cell banks of whitened normal descriptors, nearest distances, the feature and combined scores and map."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_subcell_descriptor_keeps_each_part_of_a_cell_in_its_own_entries() -> No
 
 def test_subcells_see_a_finding_that_moves_within_a_cell_without_changing_its_mean() -> None:
     """Normal cells are bright on the left half and dark on the right; the finding mirrors one cell. The cell mean
-    does not change, so one Gaussian per cell mean misses it; with 2 x 2 parts per cell it is far from normal."""
+    does not change, so a descriptor of the cell mean misses it; with 2 x 2 parts per cell it is far from normal."""
     g = torch.Generator().manual_seed(0)
     left_bright = torch.cat([torch.ones(2, 8, 4), -torch.ones(2, 8, 4)], dim=-1).repeat(1, 2, 2)  # 2 x 16 x 16
     normal = left_bright + 0.1 * torch.randn(300, 2, 16, 16, generator=g)
