@@ -56,8 +56,8 @@ class ScoreStatistics(nn.Module):
 
     A state dict written before the per-pixel buffers (or, with ``density``, the feature statistics) existed
     loads without error: those statistics keep their defaults and ``ready`` is cleared, so that they are
-    measured again. Without ``density``, feature statistics in the state dict are left unused. One written before ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its
-    statistics were measured with.
+    measured again. Without ``density``, feature statistics in the state dict are left unused. One written before
+    ``std_floor`` existed loads with ``std_floor`` 0, the standardisation its statistics were measured with.
 
     Args:
         img_size: side ``H = W`` of the scored images.

@@ -32,8 +32,9 @@ class FeatureDensity(nn.Module):
     and a whitening ``whitening`` (``L x D x D``, lower triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
     with ``S`` the covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``: the normal
     images and, if given, their augmented copies; rounded to float16, the precision it is saved in, and used in
-    float32, with its squared norms ``bank_norms``, ``L x M``, derived from it and not saved). A cell's distance is the squared Euclidean distance of the
-    whitened descriptor to the nearest whitened training descriptor of that cell: a Mahalanobis-type metric to the
+    float32, with its squared norms ``bank_norms``, ``L x M``, derived from it and not saved). A cell's distance is
+    the squared Euclidean distance of the whitened descriptor to the nearest whitened training descriptor of that
+    cell (both whitened by :meth:`whiten`): a Mahalanobis-type metric to the
     nearest normal example rather than to the mean, so normal anatomy that comes in several forms (a small or a large
     patient, a high or a low diaphragm) is near one of them. The shrinkage blends that metric towards the Euclidean
     one (the covariance's smallest directions then do not dominate).
@@ -155,7 +156,7 @@ class FeatureDensity(nn.Module):
         whitening = torch.linalg.cholesky(torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye))
         self.mean.copy_(mean)
         self.whitening.copy_(whitening)
-        self._set_bank(torch.bmm(centred, whitening))
+        self._set_bank(self.whiten(x))  # the training descriptors whitened as a query is
         bank, norms = self.bank, self.bank_norms
         owner = torch.arange(x.shape[1], device=x.device) % n
         own = owner[None] == torch.arange(n, device=x.device)[:, None]  # N x M: image i's own rows
