@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.networks.layers import gaussian_1d
 from torch import nn
 
-from .feature_density import FeatureDensity
+from .feature_density import FEATURE_MAP_MAX, FeatureDensity
 
 __all__ = [
     "SCORE_KINDS",
@@ -22,6 +22,7 @@ __all__ = [
     "AnomalyDetector",
     "ImageSizeMismatchError",
     "FeatureSettingsMismatchError",
+    "FEATURE_MAP_MAX",
 ]
 
 SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
@@ -29,10 +30,6 @@ SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
 
 MAP_KINDS = ("residual", "feature")
 """Anomaly maps: ``|x - G(x)|`` or the encoder-feature distance map."""
-
-FEATURE_MAP_MAX = 10.0
-"""The feature map is clipped here (ten times the distance that 1 % of normal cells exceed), so its values have a
-declared range."""
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +189,10 @@ class AnomalyDetector(nn.Module):
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
-    ``"feature"``, the cell distances relative to the distance that 1 % of the cells of normal training images
-    exceed (``sqrt(d2 / cell_scale)``: below 1 on 99 % of normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly
-    upsampled to the image.
+    ``"feature"``, the square roots of the cell distances smoothed over the grid by a Gaussian of
+    ``feature_map_sigma`` cells, relative to the value that 1 % of the cells of normal training images exceed (below
+    1 on 99 % of normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image
+    (:meth:`scripts.feature_density.FeatureDensity.map`).
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
     travel with an exported TorchScript module.
 
@@ -219,6 +217,8 @@ class AnomalyDetector(nn.Module):
         feature_shrinkage: covariance shrinkage of the feature statistics' whitening (:class:`FeatureDensity`).
         feature_subcells: parts per side of a cell pooled separately into its descriptor (:class:`FeatureDensity`).
         map_kind: the anomaly map, one of ``MAP_KINDS``.
+        feature_map_sigma: standard deviation, in cells, of the Gaussian that smooths the feature map (0: none),
+            >= 0; a model keeps the smoothing its statistics were measured with until they are measured again.
     """
 
     def __init__(
@@ -235,6 +235,7 @@ class AnomalyDetector(nn.Module):
         feature_shrinkage: float = 0.3,
         map_kind: str = "residual",
         feature_subcells: int = 1,
+        feature_map_sigma: float = 0.75,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -269,7 +270,7 @@ class AnomalyDetector(nn.Module):
                 raise ValueError(f"feature_depth {feature_depth} is not an encoder depth of the generator "
                                  f"(channels per depth: {channels}).")
             density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
-                                     feature_shrinkage, feature_subcells)
+                                     feature_shrinkage, feature_subcells, feature_map_sigma)
         self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
@@ -359,8 +360,7 @@ class AnomalyDetector(nn.Module):
             raw["pooled_features"] = pooled
             raw["feature_score"] = density.image_score(distance)
             if self.map_kind == "feature":
-                cells = (distance.clamp_min(0) / density.cell_scale).sqrt().clamp_max(FEATURE_MAP_MAX)[:, None]
-                raw["anomaly_map"] = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                raw["anomaly_map"] = density.map(distance, x.shape[-2:])
         return raw
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import gaussian_1d
 from torch import Tensor, nn
 
-__all__ = ["FeatureDensity"]
+__all__ = ["FEATURE_MAP_MAX", "FeatureDensity"]
+
+FEATURE_MAP_MAX = 10.0
+"""The feature map is clipped here (ten times the value that 1 % of normal cells exceed), so its values have a
+declared range."""
 
 
 class FeatureDensity(nn.Module):
@@ -40,8 +45,14 @@ class FeatureDensity(nn.Module):
     one (the covariance's smallest directions then do not dominate).
 
     ``score_mean``/``score_std`` are the mean and standard deviation of the image-level feature score (the largest
-    cell distance) and ``cell_scale`` the 99th percentile of the cell distances, of normal training images each
-    measured without its own descriptors (its augmented copies included) in the bank: what a new normal image gives.
+    cell distance), of normal training images each measured without its own descriptors (its augmented copies
+    included) in the bank: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: the
+    square roots of the distances, smoothed over the grid by a Gaussian of ``map_sigma`` cells (edge cells
+    replicated), divided by ``sqrt(cell_scale)``, clipped at ``FEATURE_MAP_MAX`` and upsampled; ``cell_scale`` is the
+    square of the 99th percentile of that smoothed map over the cells of the same left-out normal images, so 99 % of
+    a new normal image's cells lie below 1 (without smoothing, the 99th percentile of the cell distances). The
+    smoothing ``cell_scale`` was measured with is saved with it (``map_sigma``) and is the one :meth:`map` uses: a
+    model keeps its map until its statistics are measured again (then with the ``map_sigma`` given here).
     Until fitted, the bank is one zero row, ``mean`` 0 and ``whitening`` the identity (the distance is then the
     squared norm).
 
@@ -51,15 +62,23 @@ class FeatureDensity(nn.Module):
         grid: cells per side.
         shrinkage: the covariance shrinkage, >= 0.
         subcells: parts per side of a cell that the descriptor pools separately, >= 1.
+        map_sigma: standard deviation, in cells, of the Gaussian that smooths the map, >= 0 (0: none); used from
+            the next :meth:`fit` on.
 
     Shapes: features ``N x C x feature_size x feature_size`` -> pooled descriptors ``N x D x grid x grid`` ->
     distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
     """
 
-    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "score_mean", "score_std")
+    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "map_sigma", "score_mean", "score_std")
 
     def __init__(
-        self, channels: int, feature_size: int, grid: int = 8, shrinkage: float = 0.3, subcells: int = 1
+        self,
+        channels: int,
+        feature_size: int,
+        grid: int = 8,
+        shrinkage: float = 0.3,
+        subcells: int = 1,
+        map_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         if subcells < 1:
@@ -70,17 +89,23 @@ class FeatureDensity(nn.Module):
                              f"times feature_subcells that divides {feature_size}.")
         if shrinkage < 0:
             raise ValueError(f"feature_shrinkage must be >= 0, got {shrinkage}.")
+        if map_sigma < 0:
+            raise ValueError(f"feature_map_sigma must be >= 0, got {map_sigma}.")
         self.channels = channels * subcells**2
         self.grid = grid
         self.subcells = subcells
         self.part = feature_size // (grid * subcells)
         self.shrinkage = shrinkage
+        self.fit_map_sigma = float(map_sigma)
         cells = grid * grid
         self.register_buffer("mean", torch.zeros(cells, self.channels))
         self.register_buffer("whitening", torch.eye(self.channels).repeat(cells, 1, 1))
         self.register_buffer("bank", torch.zeros(cells, 1, self.channels))
         self.register_buffer("bank_norms", torch.zeros(cells, 1), persistent=False)
         self.register_buffer("cell_scale", torch.ones(()))
+        self.register_buffer("map_sigma", torch.tensor(float(map_sigma)))
+        self.register_buffer("map_kernel", torch.ones(1), persistent=False)
+        self._set_map_sigma(float(map_sigma))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
@@ -106,6 +131,28 @@ class FeatureDensity(nn.Module):
         """Keep ``L x M x D`` whitened descriptors as the bank, rounded to float16 (as saved), and their norms."""
         self._buffers["bank"] = bank.to(torch.float16).float()
         self._buffers["bank_norms"] = self.bank.square().sum(-1)
+
+    def _set_map_sigma(self, sigma: float) -> None:
+        """Smooth the map with a Gaussian of ``sigma`` cells from now on: MONAI's kernel, truncated at 4 sigma and
+        normalised (a uniform map stays uniform), kept as the buffer ``map_kernel`` (derived, not saved)."""
+        self.map_sigma.fill_(sigma)
+        kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, normalize=True) if sigma > 0 else torch.ones(1)
+        self._buffers["map_kernel"] = kernel.float().to(self.map_sigma.device)
+
+    def _smooth(self, cells: Tensor) -> Tensor:
+        """``N x 1 x grid x grid`` -> the same, smoothed separably by ``map_kernel`` (edge cells replicated)."""
+        radius = self.map_kernel.shape[0] // 2
+        padded = F.pad(cells, (radius, radius, radius, radius), mode="replicate")
+        rows = F.conv2d(padded, self.map_kernel.reshape(1, 1, 1, -1))
+        return F.conv2d(rows, self.map_kernel.reshape(1, 1, -1, 1))
+
+    def map(self, distance: Tensor, size: tuple[int, int]) -> Tensor:
+        """The anomaly map of cell distances, ``N x grid x grid`` -> ``N x 1 x size`` (float32): the smoothed square
+        roots of the distances over ``sqrt(cell_scale)`` (below 1 on 99 % of a normal image's cells), clipped at
+        ``FEATURE_MAP_MAX``, bilinearly upsampled."""
+        with torch.autocast(distance.device.type, enabled=False):
+            cells = self._smooth(distance.float().clamp_min(0).sqrt()[:, None]) / self.cell_scale.sqrt()
+            return F.interpolate(cells.clamp_max(FEATURE_MAP_MAX), size=size, mode="bilinear", align_corners=False)
 
     def distance(self, pooled: Tensor) -> Tensor:
         """Cell distances, ``N x D x grid x grid`` descriptors -> ``N x grid x grid`` (float32): the squared
@@ -165,7 +212,9 @@ class FeatureDensity(nn.Module):
             .masked_fill(own, float("inf")).amin(1) for cell in range(x.shape[0])
         ])  # L x N
         scores = held_out.amax(0)
-        self.cell_scale.copy_(torch.quantile(held_out.flatten().double(), 0.99).clamp_min(1e-12))
+        self._set_map_sigma(self.fit_map_sigma)
+        held_out_map = self._smooth(held_out.T.float().sqrt().reshape(n, 1, self.grid, self.grid))
+        self.cell_scale.copy_(torch.quantile(held_out_map.flatten().double(), 0.99).square().clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
         self.score_std.copy_(scores.std().clamp_min(1e-6))
 
@@ -179,12 +228,15 @@ class FeatureDensity(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """The bank takes the saved number of rows. A state dict written before these statistics existed (none, or the
-        per-cell Gaussians of bundles before 0.5) loads without them: they keep their unfitted defaults (the owner,
-        :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are measured again)."""
+        """The bank takes the saved number of rows, the map the saved smoothing (a bank of bundle 0.5, which saved
+        none, the none its ``cell_scale`` was measured with). A state dict written before these statistics existed
+        (none, or the per-cell Gaussians of bundles before 0.5) loads without them: they keep their unfitted defaults
+        (the owner, :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are
+        measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
             self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
+            state_dict = {prefix + "map_sigma": torch.zeros(()), **state_dict}
         else:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         super()._load_from_state_dict(
@@ -195,6 +247,7 @@ class FeatureDensity(nn.Module):
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)
         self._set_bank(self.bank)
+        self._set_map_sigma(float(self.map_sigma))
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         """The bank is saved in float16 (half the size; it holds float16 values already)."""

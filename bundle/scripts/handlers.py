@@ -175,7 +175,8 @@ class ScoreStatisticsHandler:
 
     def __call__(self, engine: Engine) -> None:
         if self.only_if_missing and bool(unwrap(self.detector).statistics.ready):
-            logger.info("score statistics loaded with the checkpoint; not recomputed.")
+            logger.info("score statistics loaded with the checkpoint; not recomputed (evaluation measures them again "
+                        "with '--remeasure_statistics true').")
             return
         compute_score_statistics(self.detector, self.data_loader, engine.state.device, self.max_images, self.amp,
                                  self.feature_max_images, self.augmentation, self.augmented_copies, self.seed)
