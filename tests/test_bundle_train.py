@@ -165,6 +165,36 @@ def test_evaluate_writes_metrics_csv_and_roc(trained, dataset, tmp_path, caplog)
         assert (out / name).stat().st_size > 1000, name
 
 
+def test_evaluation_keeps_the_models_statistics_unless_asked_to_measure_them_again(trained, dataset, tmp_path, caplog):
+    """The model's saved statistics score evaluation; ``--remeasure_statistics true`` measures them again with the
+    given settings: here the same bank (the same weights, the augmentation reset to the seed), so the same image
+    scores, and an unsmoothed map (``--feature_map_sigma 0``), whose saved smoothing then replaces the model's."""
+    _, ckpt_dir = trained
+    logger = logging.getLogger("scripts.handlers")
+    logger.addHandler(caplog.handler)  # the workflow's logging.conf replaced the root logger's handlers
+    args = {**TINY, "dataset_dir": str(dataset), "ckpt_dir": str(ckpt_dir)}
+    try:
+        kept = run(["train.json", "evaluate.json"], "eval", "evaluating", **args, eval_output_dir=str(tmp_path / "a"),
+                   feature_map_sigma=0.0)
+        assert "loaded with the checkpoint; not recomputed" in caplog.text
+        caplog.clear()
+        again = run(["train.json", "evaluate.json"], "eval", "evaluating", **args, eval_output_dir=str(tmp_path / "b"),
+                    feature_map_sigma=0.0, remeasure_statistics=True)
+        assert "not recomputed" not in caplog.text and "feature statistics over" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+    density_kept = kept.parser.get_parsed_content("detector").statistics.density
+    density_again = again.parser.get_parsed_content("detector").statistics.density
+    assert float(density_kept.map_sigma) == 0.75 and float(density_again.map_sigma) == 0.0
+    torch.testing.assert_close(density_again.bank, density_kept.bank)
+    assert float(density_again.cell_scale) > float(density_kept.cell_scale)  # smoothing evens out the largest cells
+    rows = [list(csv.DictReader(open(tmp_path / name / "scores.csv"))) for name in ("a", "b")]
+    assert [r["file"] for r in rows[0]] == [r["file"] for r in rows[1]]
+    for column in ("feature_score", "score_feature"):
+        np.testing.assert_allclose([float(r[column]) for r in rows[1]], [float(r[column]) for r in rows[0]],
+                                   rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_continues_exactly(num_workers, dataset, tmp_path):
     """1 epoch + resume to 2 epochs gives the same weights, queues and states as 2 uninterrupted epochs.
