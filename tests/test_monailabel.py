@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
