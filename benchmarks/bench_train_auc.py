@@ -218,9 +218,12 @@ def main() -> None:
     }
     if args.test_seed and not args.test_images:
         raise SystemExit("--test-seed needs --test-images.")
-    if args.test_images and "dataset_dir" in override:
-        raise SystemExit("--test-images needs the built-in synthetic set (no --dataset_dir override).")
-    dataset_dir = Path(ensure_synthetic_dataset(override.get("dataset_dir", override["synthetic_dataset_dir"])))
+    if "dataset_dir" in override:
+        raise SystemExit("bench_train_auc.py trains and scores on the built-in synthetic set, which it writes to "
+                         "WORKDIR/data: drop --dataset_dir. For another data set run the bundle's training and "
+                         "evaluating commands and benchmarks/pca_baseline.py --dataset_dir D (bundle/docs/README.md, "
+                         "Performance).")
+    dataset_dir = Path(ensure_synthetic_dataset(override["synthetic_dataset_dir"]))
     if args.report_only:
         _report(_evaluate(args, override, dataset_dir), args.json)
         return
