@@ -187,7 +187,9 @@ def test_evaluation_keeps_the_models_statistics_unless_asked_to_measure_them_aga
     density_again = again.parser.get_parsed_content("detector").statistics.density
     assert float(density_kept.map_sigma) == 0.75 and float(density_again.map_sigma) == 0.0
     torch.testing.assert_close(density_again.bank, density_kept.bank)
-    assert float(density_again.cell_scale) > float(density_kept.cell_scale)  # smoothing evens out the largest cells
+    torch.testing.assert_close(density_again.cell_scale, density_kept.cell_scale)
+    assert float(density_again.smooth_scale) == float(density_again.cell_scale)  # no smoothing: one map
+    assert float(density_kept.smooth_scale) < float(density_kept.cell_scale)
     rows = [list(csv.DictReader(open(tmp_path / name / "scores.csv"))) for name in ("a", "b")]
     assert [r["file"] for r in rows[0]] == [r["file"] for r in rows[1]]
     for column in ("feature_score", "score_feature"):

@@ -48,10 +48,11 @@ def whitened_nearest(train: torch.Tensor, test: torch.Tensor, shrinkage: float) 
     return np.stack(out, 1)
 
 
-def smoothed_map_reference(distance: torch.Tensor, cell_scale: float, sigma: float, size: int) -> torch.Tensor:
-    """The feature map by its definition: per image the square roots of the ``N x g x g`` cell distances, convolved
-    along rows then columns with the Gaussian integrated over each cell (truncated at 4 sigma, normalised), edge
-    cells repeated, over ``sqrt(cell_scale)``, clipped at ``FEATURE_MAP_MAX``, bilinearly upsampled to ``size``."""
+def map_reference(distance: torch.Tensor, density: FeatureDensity, sigma: float, size: int) -> torch.Tensor:
+    """The feature map by its definition: per image the square roots of the ``N x g x g`` cell distances; per cell
+    the larger of those over ``sqrt(cell_scale)`` and of them convolved along rows then columns with the Gaussian
+    integrated over each cell (truncated at 4 sigma, normalised), edge cells repeated, over ``sqrt(smooth_scale)``;
+    clipped at ``FEATURE_MAP_MAX``, bilinearly upsampled to ``size``."""
     cells = np.sqrt(distance.double().clamp_min(0).numpy())
     radius = int(max(sigma * 4.0, 0.5) + 0.5)
     offsets = np.arange(-radius, radius + 1)
@@ -62,9 +63,9 @@ def smoothed_map_reference(distance: torch.Tensor, cell_scale: float, sigma: flo
     grid = cells.shape[-1]
     rows = sum(w * padded[:, :, radius + k: radius + k + grid] for k, w in zip(offsets, kernel))
     smooth = sum(w * rows[:, radius + k: radius + k + grid] for k, w in zip(offsets, kernel))
-    clipped = np.minimum(smooth / math.sqrt(cell_scale), FEATURE_MAP_MAX)
-    return F.interpolate(torch.from_numpy(clipped).float()[:, None], size=(size, size), mode="bilinear",
-                         align_corners=False)
+    both = np.maximum(cells / math.sqrt(float(density.cell_scale)), smooth / math.sqrt(float(density.smooth_scale)))
+    return F.interpolate(torch.from_numpy(np.minimum(both, FEATURE_MAP_MAX)).float()[:, None], size=(size, size),
+                         mode="bilinear", align_corners=False)
 
 
 def test_fit_and_distance_follow_the_definition() -> None:
@@ -109,39 +110,42 @@ def test_score_statistics_are_those_of_images_the_bank_does_not_hold() -> None:
     assert float(density.score_std) == pytest.approx(float(fresh_scores.std()), rel=0.35)
     share_above = float((fresh_distance > density.cell_scale).float().mean())
     assert 0.003 < share_above < 0.03  # cell_scale: the 99th percentile of a normal cell's distance
-    assert float(density.map_sigma) == 0.0
-    torch.testing.assert_close(density.map(fresh_distance, (grid, grid))[:, 0],
-                               (fresh_distance / density.cell_scale).sqrt())
 
 
-def test_the_smoothed_map_keeps_99_percent_of_normal_cells_below_1_and_follows_its_definition() -> None:
-    """With ``map_sigma`` the map is the smoothed square-root distances, and ``cell_scale`` is measured on that
-    smoothed map of left-out normal images: a new normal image's cells still exceed 1 about 1 % of the time."""
+def test_the_map_keeps_normal_cells_below_1_and_follows_its_definition() -> None:
+    """The map is per cell the larger of the unsmoothed and the smoothed square-root distances, each over the
+    square of its 99th percentile on left-out normal images: a new normal image's cells exceed 1 about 1-2 % of
+    the time, a single far cell keeps its sharp peak and lends some of it to its neighbours."""
     channels, grid, sigma = 4, 6, 0.75
     samples, _, _ = correlated_features(1300, channels, grid, seed=5)
     train, fresh = samples[:300], samples[300:]
     density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3, map_sigma=sigma)
     density.fit(train)
     assert float(density.map_sigma) == sigma
+    assert float(density.smooth_scale) < 0.8 * float(density.cell_scale)  # smoothing evens out the largest cells
     fresh_distance = density.distance(fresh)
-    fresh_map = density.map(fresh_distance, (grid, grid))
-    assert 0.003 < float((fresh_map > 1).float().mean()) < 0.03
-    unsmoothed = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
-    unsmoothed.fit(train)
-    assert float(density.cell_scale) < 0.8 * float(unsmoothed.cell_scale)  # smoothing evens out the largest cells
-    want = smoothed_map_reference(fresh_distance[:20], float(density.cell_scale), sigma, 4 * grid)
+    assert 0.003 < float((fresh_distance > density.cell_scale).float().mean()) < 0.03
+    assert 0.005 < float((density.map(fresh_distance, (grid, grid)) > 1).float().mean()) < 0.04
+    want = map_reference(fresh_distance[:20], density, sigma, 4 * grid)
     got = density.map(fresh_distance[:20], (4 * grid, 4 * grid))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
-    # a uniform distance stays uniform (the kernel is normalised, edge cells repeated); one far cell spreads
-    # symmetrically over its neighbours, most to the nearest
+    # a uniform distance stays uniform (the kernel is normalised, edge cells repeated); one far cell keeps its
+    # unsmoothed peak and spreads symmetrically over its neighbours, most to the nearest
     uniform = density.map(torch.full((1, grid, grid), 4.0), (grid, grid))
-    torch.testing.assert_close(uniform, torch.full_like(uniform, 2.0 / math.sqrt(float(density.cell_scale))))
+    torch.testing.assert_close(uniform, torch.full_like(uniform, 2.0 / math.sqrt(float(density.smooth_scale))))
     spike = torch.zeros(1, grid, grid)
-    spike[0, 2, 3] = 1.0
+    spike[0, 2, 3] = 4.0
     spread = density.map(spike, (grid, grid))[0, 0]
+    assert float(spread[2, 3]) == pytest.approx(2.0 / math.sqrt(float(density.cell_scale)), rel=1e-5)
     assert spread[2, 3] > spread[2, 2] > spread[2, 1] > spread[2, 0] > 0
     torch.testing.assert_close(spread[2, 2], spread[2, 4])
     torch.testing.assert_close(spread[1, 3], spread[2, 2])
+    # without smoothing the two are one: the square roots over sqrt(cell_scale)
+    unsmoothed = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
+    unsmoothed.fit(train)
+    assert float(unsmoothed.smooth_scale) == float(unsmoothed.cell_scale)
+    torch.testing.assert_close(unsmoothed.map(fresh_distance, (grid, grid))[:, 0],
+                               (fresh_distance / unsmoothed.cell_scale).sqrt())
 
 
 def test_normal_anatomy_in_two_forms_is_near_one_and_what_lies_between_is_not() -> None:
@@ -263,13 +267,13 @@ def test_a_copied_finding_is_invisible_to_the_residual_but_found_by_the_feature_
     z_recon = (abnormal["recon_error"] - detector.statistics.mean[1]) / detector.statistics.std[1]
     torch.testing.assert_close(scores_a["feature"], torch.sigmoid(z_feature))
     torch.testing.assert_close(scores_a["combined"], torch.sigmoid(z_recon + z_feature))
-    # the map: the square-root cell distances smoothed over 0.75 cells, over sqrt(cell_scale), clipped, upsampled
-    # to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
+    # the map: the larger of the square-root cell distances and those smoothed over 0.75 cells, each over its
+    # normal scale, clipped, upsampled to the image, highest on the lesion's cell (rows 16-23, columns 8-15)
     amap = abnormal["anomaly_map"]
     with torch.no_grad():
         cell_distance = density.distance(density.pool(textured(20, 2, True)))  # feature = image, 4 x 4 cells
     assert float(density.map_sigma) == 0.75
-    want = smoothed_map_reference(cell_distance, float(density.cell_scale), 0.75, SIZE)
+    want = map_reference(cell_distance, density, 0.75, SIZE)
     torch.testing.assert_close(amap, want, rtol=1e-4, atol=1e-4 * float(want.max()))
     cells = F.avg_pool2d(amap, 8)[:, 0]
     assert (cells.flatten(1).argmax(1) == 2 * 4 + 1).all()
@@ -328,7 +332,8 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
         torch.testing.assert_close(unsmoothed(x), source(x))
         unsmoothed.update_statistics(unsmoothed.raw_scores(textured(50, seed=0)))
     assert float(unsmoothed.statistics.density.map_sigma) == 0.0
-    bundle_05 = {k: v for k, v in unsmoothed.state_dict().items() if k != "statistics.density.map_sigma"}
+    bundle_05 = {k: v for k, v in unsmoothed.state_dict().items()
+                 if k not in ("statistics.density.map_sigma", "statistics.density.smooth_scale")}
     loaded_05 = copy_detector(score_kind="combined", map_kind="feature")
     loaded_05.load_state_dict(bundle_05)
     assert float(loaded_05.statistics.density.map_sigma) == 0.0 and bool(loaded_05.statistics.ready)

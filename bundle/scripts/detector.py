@@ -189,9 +189,9 @@ class AnomalyDetector(nn.Module):
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
     All lie in [0, 1], higher = more abnormal. The anomaly map (``map_kind``) is ``"residual"``, ``|x - G(x)|``, or
-    ``"feature"``, the square roots of the cell distances smoothed over the grid by a Gaussian of
-    ``feature_map_sigma`` cells, relative to the value that 1 % of the cells of normal training images exceed (below
-    1 on 99 % of normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image
+    ``"feature"``, per cell the larger of the square root of the cell distance and of those smoothed over the grid by
+    a Gaussian of ``feature_map_sigma`` cells, each relative to the value that 1 % of the cells of normal training
+    images exceed (so below 1 on normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image
     (:meth:`scripts.feature_density.FeatureDensity.map`).
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
     travel with an exported TorchScript module.

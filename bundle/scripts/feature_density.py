@@ -46,13 +46,14 @@ class FeatureDensity(nn.Module):
 
     ``score_mean``/``score_std`` are the mean and standard deviation of the image-level feature score (the largest
     cell distance), of normal training images each measured without its own descriptors (its augmented copies
-    included) in the bank: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: the
-    square roots of the distances, smoothed over the grid by a Gaussian of ``map_sigma`` cells (edge cells
-    replicated), divided by ``sqrt(cell_scale)``, clipped at ``FEATURE_MAP_MAX`` and upsampled; ``cell_scale`` is the
-    square of the 99th percentile of that smoothed map over the cells of the same left-out normal images, so 99 % of
-    a new normal image's cells lie below 1 (without smoothing, the 99th percentile of the cell distances). The
-    smoothing ``cell_scale`` was measured with is saved with it (``map_sigma``) and is the one :meth:`map` uses: a
-    model keeps its map until its statistics are measured again (then with the ``map_sigma`` given here).
+    included) in the bank: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: per
+    cell the larger of the square root of the distance over ``sqrt(cell_scale)`` and the square roots smoothed over
+    the grid by a Gaussian of ``map_sigma`` cells (edge cells replicated) over ``sqrt(smooth_scale)``, clipped at
+    ``FEATURE_MAP_MAX`` and upsampled. ``cell_scale`` and ``smooth_scale`` are the squares of the 99th percentiles of
+    the two over the cells of the same left-out normal images, so each is below 1 on 99 % of a new normal image's
+    cells: a small finding keeps its sharp peak, a large one is filled in by its neighbours. The smoothing the scales
+    were measured with is saved with them (``map_sigma``) and is the one :meth:`map` uses: a model keeps its map until
+    its statistics are measured again (then with the ``map_sigma`` given here).
     Until fitted, the bank is one zero row, ``mean`` 0 and ``whitening`` the identity (the distance is then the
     squared norm).
 
@@ -69,7 +70,7 @@ class FeatureDensity(nn.Module):
     distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
     """
 
-    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "map_sigma", "score_mean", "score_std")
+    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "smooth_scale", "map_sigma", "score_mean", "score_std")
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class FeatureDensity(nn.Module):
         self.register_buffer("bank", torch.zeros(cells, 1, self.channels))
         self.register_buffer("bank_norms", torch.zeros(cells, 1), persistent=False)
         self.register_buffer("cell_scale", torch.ones(()))
+        self.register_buffer("smooth_scale", torch.ones(()))
         self.register_buffer("map_sigma", torch.tensor(float(map_sigma)))
         self.register_buffer("map_kernel", torch.ones(1), persistent=False)
         self._set_map_sigma(float(map_sigma))
@@ -147,11 +149,13 @@ class FeatureDensity(nn.Module):
         return F.conv2d(rows, self.map_kernel.reshape(1, 1, -1, 1))
 
     def map(self, distance: Tensor, size: tuple[int, int]) -> Tensor:
-        """The anomaly map of cell distances, ``N x grid x grid`` -> ``N x 1 x size`` (float32): the smoothed square
-        roots of the distances over ``sqrt(cell_scale)`` (below 1 on 99 % of a normal image's cells), clipped at
-        ``FEATURE_MAP_MAX``, bilinearly upsampled."""
+        """The anomaly map of cell distances, ``N x grid x grid`` -> ``N x 1 x size`` (float32): per cell the larger of
+        the square root of the distance over ``sqrt(cell_scale)`` and the smoothed square roots over
+        ``sqrt(smooth_scale)`` (each below 1 on 99 % of a normal image's cells), clipped at ``FEATURE_MAP_MAX``,
+        bilinearly upsampled."""
         with torch.autocast(distance.device.type, enabled=False):
-            cells = self._smooth(distance.float().clamp_min(0).sqrt()[:, None]) / self.cell_scale.sqrt()
+            roots = distance.float().clamp_min(0).sqrt()[:, None]
+            cells = torch.maximum(roots / self.cell_scale.sqrt(), self._smooth(roots) / self.smooth_scale.sqrt())
             return F.interpolate(cells.clamp_max(FEATURE_MAP_MAX), size=size, mode="bilinear", align_corners=False)
 
     def distance(self, pooled: Tensor) -> Tensor:
@@ -213,8 +217,9 @@ class FeatureDensity(nn.Module):
         ])  # L x N
         scores = held_out.amax(0)
         self._set_map_sigma(self.fit_map_sigma)
-        held_out_map = self._smooth(held_out.T.float().sqrt().reshape(n, 1, self.grid, self.grid))
-        self.cell_scale.copy_(torch.quantile(held_out_map.flatten().double(), 0.99).square().clamp_min(1e-12))
+        roots = held_out.T.float().sqrt().reshape(n, 1, self.grid, self.grid)
+        for scale, cells in ((self.cell_scale, roots), (self.smooth_scale, self._smooth(roots))):
+            scale.copy_(torch.quantile(cells.flatten().double(), 0.99).square().clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
         self.score_std.copy_(scores.std().clamp_min(1e-6))
 
@@ -229,14 +234,15 @@ class FeatureDensity(nn.Module):
         error_msgs: list[str],
     ) -> None:
         """The bank takes the saved number of rows, the map the saved smoothing (a bank of bundle 0.5, which saved
-        none, the none its ``cell_scale`` was measured with). A state dict written before these statistics existed
+        none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too). A state dict written before these statistics existed
         (none, or the per-cell Gaussians of bundles before 0.5) loads without them: they keep their unfitted defaults
         (the owner, :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are
         measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
             self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
-            state_dict = {prefix + "map_sigma": torch.zeros(()), **state_dict}
+            unsmoothed = {"map_sigma": torch.zeros(()), "smooth_scale": state_dict.get(prefix + "cell_scale", 1.0)}
+            state_dict = {**{prefix + k: torch.as_tensor(v) for k, v in unsmoothed.items()}, **state_dict}
         else:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         super()._load_from_state_dict(
