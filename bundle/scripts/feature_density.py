@@ -234,10 +234,10 @@ class FeatureDensity(nn.Module):
         error_msgs: list[str],
     ) -> None:
         """The bank takes the saved number of rows, the map the saved smoothing (a bank of bundle 0.5, which saved
-        none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too). A state dict written before these statistics existed
-        (none, or the per-cell Gaussians of bundles before 0.5) loads without them: they keep their unfitted defaults
-        (the owner, :class:`scripts.detector.ScoreStatistics`, marks its statistics as not measured, so they are
-        measured again)."""
+        none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too). A state dict
+        written before these statistics existed (none, or the per-cell Gaussians of bundles before 0.5) loads without
+        them: they keep their unfitted defaults (the owner, :class:`scripts.detector.ScoreStatistics`, marks its
+        statistics as not measured, so they are measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
             self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
