@@ -105,7 +105,7 @@ class FeatureDensity(nn.Module):
         self.register_buffer("bank_norms", torch.zeros(cells, 1), persistent=False)
         self.register_buffer("cell_scale", torch.ones(()))
         self.register_buffer("smooth_scale", torch.ones(()))
-        self.register_buffer("map_sigma", torch.tensor(float(map_sigma)))
+        self.register_buffer("map_sigma", torch.zeros(()))
         self.register_buffer("map_kernel", torch.ones(1), persistent=False)
         self._set_map_sigma(float(map_sigma))
         self.register_buffer("score_mean", torch.zeros(()))
@@ -142,7 +142,9 @@ class FeatureDensity(nn.Module):
         self._buffers["map_kernel"] = kernel.float().to(self.map_sigma.device)
 
     def _smooth(self, cells: Tensor) -> Tensor:
-        """``N x 1 x grid x grid`` -> the same, smoothed separably by ``map_kernel`` (edge cells replicated)."""
+        """``N x 1 x grid x grid`` -> the same, smoothed separably by ``map_kernel`` (edge cells replicated). MONAI's
+        ``separable_filtering`` does the same but tests the kernel's size and value in Python, which stops the
+        detector's export by tracing."""
         radius = self.map_kernel.shape[0] // 2
         padded = F.pad(cells, (radius, radius, radius, radius), mode="replicate")
         rows = F.conv2d(padded, self.map_kernel.reshape(1, 1, 1, -1))
