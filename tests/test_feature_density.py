@@ -89,6 +89,30 @@ def test_fit_and_distance_follow_the_definition() -> None:
         density.fit(train, augmented[:150])
 
 
+def test_whitening_of_long_descriptors_on_two_threads() -> None:
+    """Descriptors longer than 128 values (e.g. ``feature_subcells`` 3, or a deeper ``feature_depth``) on two threads,
+    as on a 2-core machine: the whitening is still ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1`` in every cell
+    (torch's batched float64 matrix inverse fails there, or returns wrong values)."""
+    channels, grid, shrinkage = 160, 2, 0.3
+    samples, _, _ = correlated_features(404, channels, grid, seed=7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=shrinkage)
+        density.fit(samples[:400])
+    finally:
+        torch.set_num_threads(threads)
+    cells = samples[:400].double().flatten(2).permute(2, 0, 1).numpy()  # L x M x C
+    for cell, rows in enumerate(cells):
+        cov = np.cov(rows, rowvar=False)
+        shrunk = cov + shrinkage * np.trace(cov) / channels * np.eye(channels)
+        whitening = density.whitening[cell].double().numpy()
+        np.testing.assert_allclose(whitening @ whitening.T @ shrunk, np.eye(channels), atol=1e-4)
+    want = whitened_nearest(samples[:400], samples[400:], shrinkage)
+    got = density.distance(samples[400:]).numpy().reshape(4, -1)
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=5e-3 * want.max())
+
+
 def test_unfitted_distance_is_the_squared_norm() -> None:
     density = FeatureDensity(3, feature_size=4, grid=2)
     pooled = torch.randn(4, 3, 2, 2)

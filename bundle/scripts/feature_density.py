@@ -34,8 +34,8 @@ class FeatureDensity(nn.Module):
     keeps where in the cell a feature lies (a small nodule in one corner of a cell is then not averaged away).
 
     :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
-    and a whitening ``whitening`` (``L x D x D``, lower triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
-    with ``S`` the covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``: the normal
+    and a whitening ``whitening`` (``L x D x D``, upper triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
+    with ``S`` the covariance: ``W = L^-T`` of the Cholesky factor ``L L^T`` of the shrunk covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``: the normal
     images and, if given, their augmented copies; rounded to float16, the precision it is saved in, and used in
     float32, with its squared norms ``bank_norms``, ``L x M``, derived from it and not saved). A cell's distance is
     the squared Euclidean distance of the whitened descriptor to the nearest whitened training descriptor of that
@@ -206,7 +206,10 @@ class FeatureDensity(nn.Module):
         cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
         scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
         eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
-        whitening = torch.linalg.cholesky(torch.linalg.inv(cov + self.shrinkage * scale[:, None, None] * eye))
+        # W = L^-T: by triangular solves, not a batched matrix inverse (torch 2.13's batched float64 inverse on CPU
+        # fails or returns wrong values above ~128 x 128 with 2 threads)
+        factor = torch.linalg.cholesky(cov + self.shrinkage * scale[:, None, None] * eye)
+        whitening = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).transpose(1, 2)
         self.mean.copy_(mean)
         self.whitening.copy_(whitening)
         self._set_bank(self.whiten(x))  # the training descriptors whitened as a query is
