@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,18 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from monai.transforms import Randomizable, Transform
 
-from .detector import FeatureSettingsMismatchError, ImageSizeMismatchError
+from .detector import (
+    FeatureSettingsMismatchError,
+    ImageSizeMismatchError,
+    IntensitySettingsMismatchError,
+    recorded_percentiles,
+)
 from .distributed import is_main_process
 from .utils import as_bool
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size", "check_new_run", "find_randomizable",
+    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size",
+    "trained_intensity_percentiles", "check_new_run", "find_randomizable",
     "RNGState", "TrainingCheckpointer", "CheckpointFileLoader", "ResumeLoader",
 ]
 
@@ -94,6 +100,26 @@ def trained_img_size(path: str | os.PathLike, default: int) -> int:
         return default
     size = state_img_size(load_checkpoint(path))
     return default if size is None else size
+
+
+def trained_intensity_percentiles(path: str | os.PathLike, default: Sequence[float] | None) -> list[float] | None:
+    """The ``intensity_percentiles`` the model file ``path`` was trained with (``None``: images as loaded, also for
+    models of bundles before 0.6, which recorded none), so that inference scales images as training did;
+    ``default`` when the file does not exist (the loader then says what to do) or holds no statistics.
+
+    Raises:
+        ValueError: the file exists but is not a readable checkpoint (names the file).
+    """
+    if not Path(path).is_file():
+        return None if default is None else list(default)
+    state = load_checkpoint(path)
+    recorded = state.get("statistics.intensity_percentiles")
+    if isinstance(recorded, torch.Tensor):
+        found = recorded_percentiles(recorded)
+        return None if found is None else list(found)
+    if state_img_size(state) is not None:
+        return None
+    return None if default is None else list(default)
 
 
 def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
@@ -371,11 +397,12 @@ class CheckpointFileLoader(CheckpointLoader):
         Raises:
             ValueError: the file is not a readable checkpoint, or its tensors do not fit the networks this config
                 builds (the message names the ``img_size`` the checkpoint was trained at when that differs, and the
-                feature settings to pass when its feature statistics were measured with others).
+                feature or intensity settings to pass when its statistics were measured with others).
         """
         try:
             super().__call__(engine)
-        except FeatureSettingsMismatchError as e:  # the detector's own check: its message says what to pass
+        except (FeatureSettingsMismatchError, IntensitySettingsMismatchError) as e:  # the detector's own checks: their
+            # messages say what to pass
             raise ValueError(f"checkpoint {self.load_path} does not fit the network this config builds: {e}") from e
         except Exception as e:
             mismatch = isinstance(e, ImageSizeMismatchError)  # the detector's own check, before torch's

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,10 @@ __all__ = [
     "AnomalyDetector",
     "ImageSizeMismatchError",
     "FeatureSettingsMismatchError",
+    "IntensitySettingsMismatchError",
     "FEATURE_MAP_MAX",
+    "percentiles_override",
+    "recorded_percentiles",
 ]
 
 SCORE_KINDS = ("discriminator", "reconstruction", "feature", "combined")
@@ -32,6 +35,30 @@ MAP_KINDS = ("residual", "feature")
 """Anomaly maps: ``|x - G(x)|`` or the encoder-feature distance map."""
 
 logger = logging.getLogger(__name__)
+
+
+def percentiles_override(percentiles: Any) -> str:
+    """The command-line override that sets ``intensity_percentiles`` to ``percentiles`` (a pair or ``None``)."""
+    if percentiles is None:
+        return "--intensity_percentiles '$None'"
+    return f"--intensity_percentiles \"[{', '.join(f'{float(p):g}' for p in percentiles)}]\""
+
+
+class IntensitySettingsMismatchError(RuntimeError):
+    """Weights and statistics recorded with another intensity scaling (``intensity_percentiles``) than configured."""
+
+
+def describe_scaling(percentiles: Sequence[float] | None) -> str:
+    """In words, how ``intensity_percentiles`` scales the images."""
+    if percentiles is None:
+        return "images as loaded"
+    return f"images whose {percentiles[0]:g}-{percentiles[1]:g} % intensity percentiles are scaled to [0, 1]"
+
+
+def recorded_percentiles(recorded: torch.Tensor) -> tuple[float, float] | None:
+    """A recorded ``intensity_percentiles`` buffer (2 values, NaN for none) as a pair or ``None``."""
+    values = [float(v) for v in recorded.flatten()]
+    return None if any(math.isnan(v) for v in values) else (values[0], values[1])
 
 
 class ScoreStatistics(nn.Module):
@@ -48,6 +75,12 @@ class ScoreStatistics(nn.Module):
     larger residuals where they vary more (lung bases, heart border). It travels with the statistics because the
     image-level ``mean``/``std`` were measured with it: a loaded state dict's value replaces the constructor's.
 
+    ``intensity_percentiles`` (a buffer of 2 values, NaN for none) records how the images the model was trained and
+    measured on were scaled: each image's ``[low, high]`` intensity percentiles mapped to ``[0, 1]`` (clipped), as the
+    bundle's preprocessing does (``ScaleIntensityRangePercentilesd``), or left as loaded. Loading statistics recorded
+    with other percentiles raises :class:`IntensitySettingsMismatchError`, which names the override to pass;
+    statistics of bundles before 0.6 (no record) were measured on images as loaded.
+
     ``density`` (optional) is the per-location model of the encoder features
     (:class:`scripts.feature_density.FeatureDensity`), measured with the other statistics and saved with them.
 
@@ -62,18 +95,32 @@ class ScoreStatistics(nn.Module):
             same (e.g. a black border) do not divide by zero.
         std_floor: the fraction of the median per-pixel std added to each pixel's std, >= 0.
         density: the feature model, or ``None`` for none.
+        intensity_percentiles: ``(low, high)``, ``0 <= low < high <= 100``, or ``None``: how the scored images are
+            scaled by the preprocessing (recorded, not applied here).
     """
 
     PIXEL_BUFFERS = ("pixel_mean", "pixel_std")
 
     def __init__(
-        self, img_size: int, eps: float = 1e-3, std_floor: float = 0.4, density: FeatureDensity | None = None
+        self,
+        img_size: int,
+        eps: float = 1e-3,
+        std_floor: float = 0.4,
+        density: FeatureDensity | None = None,
+        intensity_percentiles: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if img_size < 1:
             raise ValueError(f"img_size must be positive, got {img_size}.")
         if std_floor < 0:
             raise ValueError(f"std_floor must be >= 0, got {std_floor}.")
+        if intensity_percentiles is not None:
+            low, high = (float(p) for p in intensity_percentiles)
+            if not 0 <= low < high <= 100:
+                raise ValueError(f"intensity_percentiles must be [low, high] with 0 <= low < high <= 100 (or None), "
+                                 f"got {list(intensity_percentiles)}.")
+        recorded = [math.nan] * 2 if intensity_percentiles is None else [float(p) for p in intensity_percentiles]
+        self.register_buffer("intensity_percentiles", torch.tensor(recorded, dtype=torch.float64))
         self.eps = eps
         self.register_buffer("std_floor", torch.tensor(float(std_floor)))
         self.register_buffer("mean", torch.zeros(2))
@@ -83,6 +130,21 @@ class ScoreStatistics(nn.Module):
         self.register_buffer("pixel_mean", torch.zeros(1, 1, img_size, img_size))
         self.register_buffer("pixel_std", torch.ones(1, 1, img_size, img_size))
         self.density = density
+
+    @property
+    def percentiles(self) -> tuple[float, float] | None:
+        """The recorded ``intensity_percentiles`` as a pair, ``None`` for images as loaded."""
+        return recorded_percentiles(self.intensity_percentiles)
+
+    def _check_percentiles(self, saved: Any) -> None:
+        """Refuse statistics (and the weights they belong to) recorded with another intensity scaling."""
+        saved = recorded_percentiles(saved) if isinstance(saved, torch.Tensor) else None
+        if saved != self.percentiles:
+            raise IntensitySettingsMismatchError(
+                f"the model was trained and measured on {describe_scaling(saved)}, and this configuration feeds it "
+                f"{describe_scaling(self.percentiles)}: pass {percentiles_override(saved)} (models of bundles before "
+                "0.6 were trained on images as loaded)."
+            )
 
     def standardise(self, residual: torch.Tensor) -> torch.Tensor:
         """Per-pixel z-score ``(residual - pixel_mean) / (pixel_std + std_floor * median(pixel_std) + eps)`` of
@@ -119,6 +181,7 @@ class ScoreStatistics(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._check_percentiles(state_dict.get(prefix + "intensity_percentiles"))
         absent = [prefix + name for name in self.PIXEL_BUFFERS if prefix + name not in state_dict]
         no_density = self.density is not None and prefix + "density.bank" not in state_dict
         floor_key = prefix + "std_floor"
@@ -133,6 +196,8 @@ class ScoreStatistics(nn.Module):
             if unused:
                 logger.info("the model's encoder-feature statistics are not used: this detector has none "
                             "(feature_depth None).")
+        if prefix + "intensity_percentiles" in missing_keys:  # bundles before 0.6: images as loaded, as checked
+            missing_keys.remove(prefix + "intensity_percentiles")
         if floor_key not in state_dict:
             if floor_key in missing_keys:
                 missing_keys.remove(floor_key)
@@ -219,6 +284,9 @@ class AnomalyDetector(nn.Module):
         map_kind: the anomaly map, one of ``MAP_KINDS``.
         feature_map_sigma: standard deviation, in cells, of the Gaussian that smooths the feature map (0: none),
             >= 0; a model keeps the smoothing its statistics were measured with until they are measured again.
+        intensity_percentiles: how the preprocessing scales each image's intensities (``[low, high]`` percentiles
+            to ``[0, 1]``, or ``None``); recorded with the statistics (:class:`ScoreStatistics`), so weights trained
+            with other scaling are refused.
     """
 
     def __init__(
@@ -236,6 +304,7 @@ class AnomalyDetector(nn.Module):
         map_kind: str = "residual",
         feature_subcells: int = 1,
         feature_map_sigma: float = 0.75,
+        intensity_percentiles: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -271,7 +340,8 @@ class AnomalyDetector(nn.Module):
                                  f"(channels per depth: {channels}).")
             density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
                                      feature_shrinkage, feature_subcells, feature_map_sigma)
-        self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density)
+        self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density,
+                                          intensity_percentiles=intensity_percentiles)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
