@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-from scripts.detector import AnomalyDetector, ScoreStatistics
+from scripts.detector import AnomalyDetector, IntensitySettingsMismatchError, ScoreStatistics
 from scripts.handlers import compute_score_statistics
 
 SIZE = 32
@@ -217,6 +217,39 @@ def test_statistics_round_trip_through_the_state_dict() -> None:
         assert torch.equal(target.statistics.state_dict()[name], buffer), name
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x))
+
+
+def test_intensity_scaling_is_recorded_and_weights_of_other_scaling_refused(tmp_path) -> None:
+    """The statistics record how the images were scaled; weights recorded with other scaling (or with none, as
+    every model before bundle 0.6) are refused with the override that fits them, and load where it is passed; the
+    configs' checkpoint loader names the file."""
+    from ignite.engine import Engine
+
+    from scripts.checkpoint import CheckpointFileLoader, save_atomic
+
+    scaled = make_detector(intensity_percentiles=[2, 98])
+    with torch.no_grad():
+        scaled.update_statistics(scaled.raw_scores(torch.rand(6, 1, SIZE, SIZE)))
+    assert scaled.statistics.percentiles == (2.0, 98.0) and make_detector().statistics.percentiles is None
+    with pytest.raises(IntensitySettingsMismatchError, match=r"2-98 % intensity percentiles .* as loaded: pass "
+                       r"--intensity_percentiles \"\[2, 98\]\""):
+        make_detector().load_state_dict(scaled.state_dict())
+    with pytest.raises(IntensitySettingsMismatchError, match="pass --intensity_percentiles \"\\[2, 98\\]\""):
+        make_detector(intensity_percentiles=[1, 99]).load_state_dict(scaled.state_dict())
+    fits = make_detector(intensity_percentiles=[2, 98])
+    fits.load_state_dict(scaled.state_dict())
+    assert torch.equal(fits.statistics.pixel_std, scaled.statistics.pixel_std)
+    older = {k: v for k, v in make_detector().state_dict().items() if k != "statistics.intensity_percentiles"}
+    with pytest.raises(IntensitySettingsMismatchError, match="as loaded.*pass --intensity_percentiles '\\$None'"):
+        make_detector(intensity_percentiles=[1, 99]).load_state_dict(older)
+    make_detector().load_state_dict(older)  # strict: images as loaded, as they were
+    path = tmp_path / "model.pt"
+    save_atomic(scaled.state_dict(), path)
+    with pytest.raises(ValueError, match=r"model\.pt does not fit .*--intensity_percentiles \"\[2, 98\]\""):
+        CheckpointFileLoader(load_path=path, load_dict={"model": make_detector()})(Engine(lambda e, b: None))
+    for bad in ([50, 50], [-1, 99], [1, 101]):
+        with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+            make_detector(intensity_percentiles=bad)
 
 
 def test_state_dict_without_pixel_statistics_loads_as_not_measured(caplog) -> None:

@@ -259,6 +259,56 @@ def test_img_size_follows_the_data_in_training_and_the_model_file_in_inference(t
     assert isinstance(error.value.__cause__, ValueError) and "model.pt cannot be read" in str(error.value.__cause__)
 
 
+def test_intensity_scaling_follows_the_model_file_in_inference(tmp_path) -> None:
+    """Inference scales images as the model file records (the default before there is one); a model of a bundle
+    before 0.6 (nothing recorded) gets images as loaded."""
+    def scaling(**override) -> tuple[list | None, list[str]]:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "inference.json"))
+        parser.update({"bundle_root": str(tmp_path), **INFER_TINY, **override})
+        steps = [type(t).__name__ for t in parser.get_parsed_content("preprocessing").transforms]
+        return parser.get_parsed_content("intensity_percentiles"), steps
+
+    assert scaling() == ([1, 99], ["LoadRadiographOrErrord", "Resized", "ScaleIntensityRangePercentilesd",
+                                   "EnsureTyped"])
+    model_pt = tmp_path / "models" / "model.pt"
+    model_pt.parent.mkdir()
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({**INFER_TINY, "intensity_percentiles": [5, 95]})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), model_pt)
+    assert scaling()[0] == [5.0, 95.0]
+    parser.update({"intensity_percentiles": None})
+    state = parser.get_parsed_content("network_def", lazy=False).state_dict()
+    torch.save(state, model_pt)
+    assert scaling() == (None, ["LoadRadiographOrErrord", "Resized", "EnsureTyped"])
+    torch.save({k: v for k, v in state.items() if k != "statistics.intensity_percentiles"}, model_pt)
+    assert scaling()[0] is None
+
+
+def test_intensity_scaling_removes_exposure_differences(tmp_path) -> None:
+    """The same radiograph at two exposures (gain and offset, saved as 8-bit PNG) is one image after the
+    preprocessing when intensities are scaled, and two without."""
+    image = synthetic(3, 96, 96)
+    paths = {}
+    for name, exposed in (("normal", image), ("darker", 0.1 + 0.6 * image)):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(np.round(exposed * 255).astype(np.uint8)).save(paths[name])
+
+    def preprocessed(percentiles) -> list[torch.Tensor]:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update({"bundle_root": str(tmp_path), "img_size": 64, "intensity_percentiles": percentiles})
+        transform = parser.get_parsed_content("validate#preprocessing")
+        return [transform({"image": str(path)})["image"] for path in paths.values()]
+
+    normal, darker = preprocessed([1, 99])
+    assert float(normal.max()) == 1.0 and float(normal.min()) == 0.0
+    assert float((normal - darker).abs().max()) < 0.03  # 8-bit rounding at 0.6 x the contrast
+    normal, darker = preprocessed(None)
+    assert float((normal - darker).abs().max()) > 0.2
+
+
 def test_csv_has_one_row_per_input_with_the_detectors_scores(results, folder, model) -> None:
     rows = results["rows"]
     assert set(rows) == {str(p) for p in folder["good"]} | {str(p) for p in folder["bad"].values()}

@@ -56,9 +56,9 @@ def describe_scaling(percentiles: Sequence[float] | None) -> str:
 
 
 def recorded_percentiles(recorded: torch.Tensor) -> tuple[float, float] | None:
-    """A recorded ``intensity_percentiles`` buffer (2 values, NaN for none) as a pair or ``None``."""
+    """A recorded ``intensity_percentiles`` buffer (2 values, -1 for none) as a pair or ``None``."""
     values = [float(v) for v in recorded.flatten()]
-    return None if any(math.isnan(v) for v in values) else (values[0], values[1])
+    return None if min(values) < 0 else (values[0], values[1])
 
 
 class ScoreStatistics(nn.Module):
@@ -75,7 +75,7 @@ class ScoreStatistics(nn.Module):
     larger residuals where they vary more (lung bases, heart border). It travels with the statistics because the
     image-level ``mean``/``std`` were measured with it: a loaded state dict's value replaces the constructor's.
 
-    ``intensity_percentiles`` (a buffer of 2 values, NaN for none) records how the images the model was trained and
+    ``intensity_percentiles`` (a buffer of 2 values, -1 for none) records how the images the model was trained and
     measured on were scaled: each image's ``[low, high]`` intensity percentiles mapped to ``[0, 1]`` (clipped), as the
     bundle's preprocessing does (``ScaleIntensityRangePercentilesd``), or left as loaded. Loading statistics recorded
     with other percentiles raises :class:`IntensitySettingsMismatchError`, which names the override to pass;
@@ -119,7 +119,7 @@ class ScoreStatistics(nn.Module):
             if not 0 <= low < high <= 100:
                 raise ValueError(f"intensity_percentiles must be [low, high] with 0 <= low < high <= 100 (or None), "
                                  f"got {list(intensity_percentiles)}.")
-        recorded = [math.nan] * 2 if intensity_percentiles is None else [float(p) for p in intensity_percentiles]
+        recorded = [-1.0, -1.0] if intensity_percentiles is None else [float(p) for p in intensity_percentiles]
         self.register_buffer("intensity_percentiles", torch.tensor(recorded, dtype=torch.float64))
         self.eps = eps
         self.register_buffer("std_floor", torch.tensor(float(std_floor)))
