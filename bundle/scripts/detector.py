@@ -120,7 +120,7 @@ class ScoreStatistics(nn.Module):
                 raise ValueError(f"intensity_percentiles must be [low, high] with 0 <= low < high <= 100 (or None), "
                                  f"got {list(intensity_percentiles)}.")
         recorded = [-1.0, -1.0] if intensity_percentiles is None else [float(p) for p in intensity_percentiles]
-        self.register_buffer("intensity_percentiles", torch.tensor(recorded, dtype=torch.float64))
+        self.register_buffer("intensity_percentiles", torch.tensor(recorded))
         self.eps = eps
         self.register_buffer("std_floor", torch.tensor(float(std_floor)))
         self.register_buffer("mean", torch.zeros(2))
