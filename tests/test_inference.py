@@ -284,6 +284,8 @@ def test_intensity_scaling_follows_the_model_file_in_inference(tmp_path) -> None
     assert scaling() == (None, ["LoadRadiographOrErrord", "Resized", "EnsureTyped"])
     torch.save({k: v for k, v in state.items() if k != "statistics.intensity_percentiles"}, model_pt)
     assert scaling()[0] is None
+    torch.save({"generator.stem.weight": torch.zeros(1)}, model_pt)  # no statistics: nothing says, the default
+    assert scaling()[0] == [1, 99]
 
 
 def test_intensity_scaling_removes_exposure_differences(tmp_path) -> None:
