@@ -81,3 +81,23 @@ def test_auc_nan_without_normals_and_length_check():
     assert math.isnan(result["overall"]) and math.isnan(result["a"])
     with pytest.raises(ValueError, match="differ"):
         pca_auc_by_finding(images[:4], images[4:], [1], ["a", "a"], size=8)
+
+
+def test_baseline_loader_scales_as_the_bundle_does(tmp_path):
+    """With ``--intensity_percentiles`` the baseline sees what the model sees: two exposures of one image are one
+    image after scaling (as in the bundle's preprocessing), and two without."""
+    from PIL import Image
+
+    from benchmarks.pca_baseline import scaled_loader
+
+    rng = np.random.default_rng(0)
+    image = np.clip(0.5 + 0.2 * rng.standard_normal((48, 48)), 0, 1)
+    paths = []
+    for name, exposed in (("normal", image), ("darker", 0.1 + 0.6 * image)):
+        paths.append(str(tmp_path / f"{name}.png"))
+        Image.fromarray(np.round(exposed * 255).astype(np.uint8)).save(paths[-1])
+    scaled = [scaled_loader(32, (1, 99))(path) for path in paths]
+    assert scaled[0].shape == (32, 32) and scaled[0].min() == 0.0 and scaled[0].max() == 1.0
+    assert np.abs(scaled[0] - scaled[1]).max() < 0.03
+    loaded = [scaled_loader(32, None)(path) for path in paths]
+    assert loaded[0].shape == (48, 48) and np.abs(loaded[0] - loaded[1]).max() > 0.15
