@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.data import list_data_collate
-from monai.transforms import Compose, Resize, Resized
+from monai.transforms import Compose, Resize, Resized, ScaleIntensityRangePercentiles
 from monai.visualize import blend_images
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -93,10 +93,17 @@ def write_unsupported_syntax(path: Path, source: Path) -> Path:
     return path
 
 
+def prepared(image: torch.Tensor) -> torch.Tensor:
+    """A loaded ``1 x H x W`` image as the model sees it, ``1 x 1 x S x S``: resized (area), each image's 1st-99th
+    intensity percentiles scaled to [0, 1] (clipped), as a plain tensor."""
+    resized = Resize((INFER_TINY["img_size"],) * 2, mode="area")(image)
+    return ScaleIntensityRangePercentiles(1, 99, 0.0, 1.0, clip=True)(resized).as_tensor()[None]
+
+
 def direct(detector: torch.nn.Module, path: str | Path) -> tuple[float, np.ndarray]:
     """The score and the original-size anomaly map of one file, computed here without the bundle's pipeline."""
     image = LoadRadiograph()(path)
-    x = Resize((INFER_TINY["img_size"],) * 2, mode="area")(image).as_tensor()[None]
+    x = prepared(image)
     with torch.no_grad():
         amap, score = detector(x)
     full = F.interpolate(amap, size=tuple(image.shape[1:]), mode="bilinear", align_corners=False)
@@ -187,8 +194,7 @@ def model(tmp_path_factory, folder) -> dict:
     original-size anomaly map of every good input computed directly with its detector."""
     detector = tiny_detector()
     with torch.no_grad():  # statistics of other images than those scored (mirrored): their distances are not ~0
-        raw = [detector.raw_scores(Resize((64, 64), mode="area")(LoadRadiograph()(p)).as_tensor()[None].flip(-1))
-               for p in folder["good"]]
+        raw = [detector.raw_scores(prepared(LoadRadiograph()(p)).flip(-1)) for p in folder["good"]]
     detector.update_statistics({k: torch.cat([r[k] for r in raw]) for k in ("disc_logit", "residual", "pooled_features")})
     expected = {p: direct(detector, p) for p in folder["good"]}
     scores = sorted(score for score, _ in expected.values())
