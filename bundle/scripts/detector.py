@@ -37,7 +37,7 @@ MAP_KINDS = ("residual", "feature")
 logger = logging.getLogger(__name__)
 
 
-def percentiles_override(percentiles: Any) -> str:
+def percentiles_override(percentiles: Sequence[float] | None) -> str:
     """The command-line override that sets ``intensity_percentiles`` to ``percentiles`` (a pair or ``None``)."""
     if percentiles is None:
         return "--intensity_percentiles '$None'"

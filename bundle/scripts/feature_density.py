@@ -35,8 +35,9 @@ class FeatureDensity(nn.Module):
 
     :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
     and a whitening ``whitening`` (``L x D x D``, upper triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
-    with ``S`` the covariance: ``W = L^-T`` of the Cholesky factor ``L L^T`` of the shrunk covariance) and keeps every training descriptor whitened, ``bank`` (``L x M x D``: the normal
-    images and, if given, their augmented copies; rounded to float16, the precision it is saved in, and used in
+    with ``S`` the covariance: ``W = L^-T`` of the Cholesky factor ``L L^T`` of the shrunk covariance) and keeps
+    every training descriptor whitened, ``bank`` (``L x M x D``: the normal images and, if given, their augmented
+    copies; rounded to float16, the precision it is saved in, and used in
     float32, with its squared norms ``bank_norms``, ``L x M``, derived from it and not saved). A cell's distance is
     the squared Euclidean distance of the whitened descriptor to the nearest whitened training descriptor of that
     cell (both whitened by :meth:`whiten`): a Mahalanobis-type metric to the
