@@ -11,12 +11,15 @@ trivial score no finding should be detectable by); with masks, the pixel AUROC o
 
 Usage (from the repository root)::
 
-    python benchmarks/ae_baseline.py --dataset_dir DIR [--minutes 8] [--threads 2] [--json out.json]
+    python benchmarks/ae_baseline.py --dataset_dir DIR [--minutes 8] [--threads 2] [--intensity_percentiles 1 99]
+        [--json out.json]
 
 ``DIR`` is anything the bundle reads (``scripts.data.datalist.find_datalist``). Finding kinds and masks come from a
 datalist's ``kind`` and ``mask`` keys (the second synthetic set, ``benchmarks/second_set``) or from the built-in
 set's ``findings.csv``; otherwise every abnormal image counts as ``abnormal`` and no pixel AUROC is given.
-Images are loaded as the bundle loads them (``scripts.data.transforms.LoadRadiograph``) and resized with anti-aliasing.
+Images are loaded as the bundle loads them (``scripts.data.transforms.LoadRadiograph``) and resized with anti-aliasing;
+with ``--intensity_percentiles LOW HIGH`` each is then scaled as the bundle's preprocessing scales it (the PCA floor
+beside it sees the same images).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +44,11 @@ from torch import nn
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path[:0] = [str(BUNDLE), str(BUNDLE.parent)]  # scripts.* and benchmarks.*
 
+from benchmarks.pca_baseline import scaled_loader  # noqa: E402
 from benchmarks.pca_floor import pca_scores, to_feature_matrix  # noqa: E402
 from benchmarks.quality_stats import paired_auc_difference  # noqa: E402
 from scripts.data.datalist import find_datalist  # noqa: E402
 from scripts.data.synthetic import read_manifest  # noqa: E402
-from scripts.data.transforms import LoadRadiograph  # noqa: E402
 from scripts.metrics import auc_or_nan, finding_subsets  # noqa: E402
 
 logger = logging.getLogger("ae_baseline")
@@ -94,10 +98,11 @@ def annotate_test_split(dataset_dir: Path, test: list[dict]) -> list[tuple[str, 
                                              item.get("mask") or None) for item in test]
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """Load files as the bundle does and resize them with anti-aliasing: ``N x size x size`` float32."""
-    load = LoadRadiograph()
-    return to_feature_matrix([load(p)[0].numpy() for p in paths], size).reshape(-1, size, size).astype(np.float32)
+def load_images(paths: list[str], size: int, percentiles: Sequence[float] | None = None) -> np.ndarray:
+    """Load files as the bundle does and resize them with anti-aliasing: ``N x size x size`` float32; with
+    ``percentiles``, scaled per image as the bundle's preprocessing scales it."""
+    load = scaled_loader(size, percentiles)
+    return to_feature_matrix([load(p) for p in paths], size).reshape(-1, size, size).astype(np.float32)
 
 
 def load_masks(paths: list[str], size: int) -> np.ndarray:
@@ -160,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     test = splits["test"]
     kinds, mask_paths = map(list, zip(*annotate_test_split(args.dataset_dir, test)))
     labels = np.array([item["label"] for item in test])
-    train_images = load_images([item["image"] for item in splits["training"]], args.size)
-    test_images = load_images([item["image"] for item in test], args.size)
+    train_images = load_images([item["image"] for item in splits["training"]], args.size, args.intensity_percentiles)
+    test_images = load_images([item["image"] for item in test], args.size, args.intensity_percentiles)
     model = ConvAutoencoder(args.size)
     log = train(model, train_images, args.minutes, args.batch_size, args.seed)
     residual = np.abs(test_images - reconstruct(model, test_images))
@@ -180,7 +185,8 @@ def run(args: argparse.Namespace) -> dict:
         }
     result = {
         "dataset_dir": str(args.dataset_dir), "size": args.size, "minutes": args.minutes, "threads": args.threads,
-        "cpu": cpu_line(), "n_train": len(train_images), **log, "image_auc": image_auc,
+        "intensity_percentiles": args.intensity_percentiles, "cpu": cpu_line(), "n_train": len(train_images), **log,
+        "image_auc": image_auc,
     }
     if any(mask_paths):
         masks = np.zeros_like(test_images, dtype=bool)
@@ -205,6 +211,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--intensity_percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="scale each image's LOW-HIGH percentiles to [0, 1] as the bundle does (default: as loaded)")
     parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

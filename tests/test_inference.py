@@ -260,7 +260,7 @@ def test_img_size_follows_the_data_in_training_and_the_model_file_in_inference(t
     assert img_size("inference.json") == INFER_TINY["img_size"] != 128
     assert img_size("inference.json", ckpt_path=str(tmp_path / "elsewhere.pt")) == 128
     model_pt.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="trained_img_size") as error:  # MONAI wraps the expression's error
+    with pytest.raises(RuntimeError, match="trained_settings") as error:  # MONAI wraps the expression's error
         img_size("inference.json")
     assert isinstance(error.value.__cause__, ValueError) and "model.pt cannot be read" in str(error.value.__cause__)
 
@@ -292,6 +292,29 @@ def test_intensity_scaling_follows_the_model_file_in_inference(tmp_path) -> None
     assert scaling()[0] is None
     torch.save({"generator.stem.weight": torch.zeros(1)}, model_pt)  # no statistics: nothing says, the default
     assert scaling()[0] == [1, 99]
+
+
+def test_inference_reads_the_model_file_once_for_its_settings(tmp_path, monkeypatch) -> None:
+    """img_size and intensity_percentiles come from one read of model.pt (a large file) when the config is
+    parsed; the CheckpointLoader reads it again when the engine starts, not here."""
+    import scripts.checkpoint
+
+    model_pt = tmp_path / "models" / "model.pt"
+    model_pt.parent.mkdir()
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({**INFER_TINY, "intensity_percentiles": [2, 98]})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), model_pt)
+    reads = []
+    load = scripts.checkpoint.load_checkpoint
+    monkeypatch.setattr(scripts.checkpoint, "load_checkpoint", lambda path, **kw: reads.append(path) or load(path))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path)})
+    settings = (parser.get_parsed_content("img_size"), parser.get_parsed_content("intensity_percentiles"))
+    network = parser.get_parsed_content("network_def")
+    assert settings == (INFER_TINY["img_size"], [2.0, 98.0]) and network.statistics.pixel_mean.shape[-1] == settings[0]
+    assert [Path(p) for p in reads] == [model_pt]
 
 
 def test_intensity_scaling_removes_exposure_differences(tmp_path) -> None:

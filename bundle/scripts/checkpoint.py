@@ -25,9 +25,8 @@ from .distributed import is_main_process
 from .utils import as_bool
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "state_img_size", "trained_img_size",
-    "trained_intensity_percentiles", "check_new_run", "find_randomizable",
-    "RNGState", "TrainingCheckpointer", "CheckpointFileLoader", "ResumeLoader",
+    "save_atomic", "load_checkpoint", "state_img_size", "trained_settings", "trained_img_size", "check_new_run",
+    "find_randomizable", "RNGState", "TrainingCheckpointer", "CheckpointFileLoader", "ResumeLoader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,37 +88,34 @@ def state_img_size(state: Mapping[str, Any]) -> int | None:
     return None
 
 
-def trained_img_size(path: str | os.PathLike, default: int) -> int:
-    """The ``img_size`` the model file ``path`` was trained at, so that inference and export build the network it
-    fits; ``default`` when the file does not exist (the loader then says what to do) or holds no statistics.
+def trained_settings(
+    path: str | os.PathLike, img_size: int, intensity_percentiles: Sequence[float] | None
+) -> dict[str, Any]:
+    """The preprocessing the model file ``path`` was trained with, read in one pass, so that inference and export
+    build the network it fits and scale images as training did: ``{"img_size": int, "intensity_percentiles":
+    [low, high] or None}`` (``None``: images as loaded, also for models of bundles before 0.6, which recorded none).
+    The arguments are the defaults, used when the file does not exist (the loader then says what to do) or holds
+    no statistics.
 
     Raises:
         ValueError: the file exists but is not a readable checkpoint (names the file).
     """
+    default = {"img_size": img_size, "intensity_percentiles": None if intensity_percentiles is None
+               else list(intensity_percentiles)}
     if not Path(path).is_file():
         return default
-    size = state_img_size(load_checkpoint(path))
-    return default if size is None else size
-
-
-def trained_intensity_percentiles(path: str | os.PathLike, default: Sequence[float] | None) -> list[float] | None:
-    """The ``intensity_percentiles`` the model file ``path`` was trained with (``None``: images as loaded, also for
-    models of bundles before 0.6, which recorded none), so that inference scales images as training did;
-    ``default`` when the file does not exist (the loader then says what to do) or holds no statistics.
-
-    Raises:
-        ValueError: the file exists but is not a readable checkpoint (names the file).
-    """
-    if not Path(path).is_file():
-        return None if default is None else list(default)
     state = load_checkpoint(path)
+    size = state_img_size(state)
+    if size is None:
+        return default
     recorded = state.get("statistics.intensity_percentiles")
-    if isinstance(recorded, torch.Tensor):
-        found = recorded_percentiles(recorded)
-        return None if found is None else list(found)
-    if state_img_size(state) is not None:
-        return None
-    return None if default is None else list(default)
+    found = recorded_percentiles(recorded) if isinstance(recorded, torch.Tensor) else None
+    return {"img_size": size, "intensity_percentiles": None if found is None else list(found)}
+
+
+def trained_img_size(path: str | os.PathLike, default: int) -> int:
+    """The ``img_size`` the model file ``path`` was trained at (``default`` as in :func:`trained_settings`)."""
+    return trained_settings(path, default, None)["img_size"]
 
 
 def check_new_run(ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
