@@ -85,6 +85,18 @@ def test_ae_baseline_takes_kinds_and_masks_from_the_datalist(small_set: Path) ->
     assert loaded.shape == (6, 48, 48) and loaded.any(axis=(1, 2)).all()
 
 
+def test_ae_baseline_scales_images_as_the_bundle_does(small_set: Path) -> None:
+    from benchmarks.ae_baseline import load_images
+
+    paths = [item["image"] for item in find_datalist(small_set)["test"]]
+    as_loaded, scaled = load_images(paths, 32), load_images(paths, 32, (1, 99))
+    assert scaled.shape == as_loaded.shape == (len(paths), 32, 32)
+    low, high = np.percentile(scaled, (1, 99), axis=(1, 2))
+    np.testing.assert_allclose(low, 0.0, atol=0.02)
+    np.testing.assert_allclose(high, 1.0, atol=0.02)
+    assert float(np.abs(as_loaded - scaled).max()) > 0.05  # the scaling changed the images
+
+
 def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
