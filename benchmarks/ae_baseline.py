@@ -212,7 +212,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--intensity_percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="scale each image's LOW-HIGH percentiles to [0, 1] as the bundle does (default: as loaded)")
+                        help="scale each image's LOW-HIGH percentiles to [0, 1] as the bundle does "
+                        "(default: as loaded)")
     parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -265,6 +265,17 @@ def test_img_size_follows_the_data_in_training_and_the_model_file_in_inference(t
     assert isinstance(error.value.__cause__, ValueError) and "model.pt cannot be read" in str(error.value.__cause__)
 
 
+def save_tiny_model(path: Path, percentiles: list[float] | None) -> ConfigParser:
+    """Write the tiny inference network's weights and statistics, recorded with ``percentiles``, to ``path``;
+    returns the parser that built it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({**INFER_TINY, "intensity_percentiles": percentiles})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return parser
+
+
 def test_intensity_scaling_follows_the_model_file_in_inference(tmp_path) -> None:
     """Inference scales images as the model file records (the default before there is one); a model of a bundle
     before 0.6 (nothing recorded) gets images as loaded."""
@@ -278,11 +289,7 @@ def test_intensity_scaling_follows_the_model_file_in_inference(tmp_path) -> None
     assert scaling() == ([1, 99], ["LoadRadiographOrErrord", "Resized", "ScaleIntensityRangePercentilesd",
                                    "EnsureTyped"])
     model_pt = tmp_path / "models" / "model.pt"
-    model_pt.parent.mkdir()
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({**INFER_TINY, "intensity_percentiles": [5, 95]})
-    torch.save(parser.get_parsed_content("network_def").state_dict(), model_pt)
+    parser = save_tiny_model(model_pt, [5, 95])
     assert scaling()[0] == [5.0, 95.0]
     parser.update({"intensity_percentiles": None})
     state = parser.get_parsed_content("network_def", lazy=False).state_dict()
@@ -300,11 +307,7 @@ def test_inference_reads_the_model_file_once_for_its_settings(tmp_path, monkeypa
     import scripts.checkpoint
 
     model_pt = tmp_path / "models" / "model.pt"
-    model_pt.parent.mkdir()
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({**INFER_TINY, "intensity_percentiles": [2, 98]})
-    torch.save(parser.get_parsed_content("network_def").state_dict(), model_pt)
+    save_tiny_model(model_pt, [2, 98])
     reads = []
     load = scripts.checkpoint.load_checkpoint
     monkeypatch.setattr(scripts.checkpoint, "load_checkpoint", lambda path, **kw: reads.append(path) or load(path))
@@ -313,7 +316,8 @@ def test_inference_reads_the_model_file_once_for_its_settings(tmp_path, monkeypa
     parser.update({"bundle_root": str(tmp_path)})
     settings = (parser.get_parsed_content("img_size"), parser.get_parsed_content("intensity_percentiles"))
     network = parser.get_parsed_content("network_def")
-    assert settings == (INFER_TINY["img_size"], [2.0, 98.0]) and network.statistics.pixel_mean.shape[-1] == settings[0]
+    assert settings == (INFER_TINY["img_size"], [2.0, 98.0])
+    assert network.statistics.pixel_mean.shape[-1] == settings[0]
     assert [Path(p) for p in reads] == [model_pt]
 
 
