@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from .blocks import SEResBlock, UpBlock, binary_position_code, conv_norm_act, patchify, unpatchify
 from .memory import DecoderMemory, SpaceAwareMemoryQueue
-from .losses import distillation_loss
 from .utils import as_bool
+from .losses import distillation_loss
 
 __all__ = ["neighbour_index", "InpaintBlock", "Decoder", "SimSIDGenerator", "Discriminator"]
 
