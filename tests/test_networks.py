@@ -520,33 +520,6 @@ def test_training_path_follows_the_input_device(block):
     assert {"ConvolutionBackward0", "NativeBatchNormBackward0"} <= elsewhere
 
 
-def test_memory_lean_off_trains_the_generator_through_the_plain_modules_on_the_cpu():
-    """train.json's memory_lean (true by default; "false" from the command line) picks the CPU training path of
-    every block of the generator; the weights are the same either way."""
-    from monai.bundle import ConfigParser
-
-    from bundle_utils import CONFIGS, TINY
-
-    generators = {}
-    for flag in (True, "false"):
-        parser = ConfigParser()
-        parser.read_config(str(CONFIGS / "train.json"))
-        parser.update({**TINY, "memory_lean": flag})
-        torch.manual_seed(0)
-        generators[flag] = parser.get_parsed_content("network_def")
-    blocks = {flag: [m for m in gen.modules() if isinstance(m, SEResBlock)] for flag, gen in generators.items()}
-    assert len(blocks[True]) > 10 and all(b.memory_lean for b in blocks[True])
-    assert not any(b.memory_lean for b in blocks["false"])
-    assert generators[True].state_dict().keys() == generators["false"].state_dict().keys()
-    x = images(2, TINY["img_size"])
-    lean_nodes = graph_nodes(generators[True].train()(x)["recon"])
-    plain_nodes = graph_nodes(generators["false"].train()(x)["recon"])
-    assert lean_nodes & FUSED_NODES == FUSED_NODES  # every fused function, stem to decoders
-    assert not plain_nodes & FUSED_NODES and {"ConvolutionBackward0", "NativeBatchNormBackward0"} <= plain_nodes
-    with pytest.raises(ValueError, match="memory_lean"):
-        small_generator(memory_lean="sometimes")
-
-
 def test_fused_training_only_with_plain_layers_in_training_with_autograd():
     block, (x,) = block_and_inputs("se", "cpu")
     assert scripts.blocks._lean_training(block, x)

@@ -97,16 +97,14 @@ _FUSED_DEVICE_TYPES = frozenset({"cpu"})
 def _lean_training(block: SEResBlock, x: Tensor) -> bool:
     """Whether ``block`` trains on input ``x`` through the fused memory-lean autograd functions.
 
-    True only for a block with ``memory_lean`` set, in training mode with autograd recording, for an input on a
-    device type in ``_FUSED_DEVICE_TYPES`` (the CPU), and when every convolution and BatchNorm of the block is
-    exactly ``nn.Conv2d``/``nn.BatchNorm2d``: the fused functions use the layers' tensors without calling the layers,
-    so any subclass (``nn.SyncBatchNorm`` above all, whose ``forward`` synchronises the batch statistics over the
-    ranks) must run its own ``forward``.
+    True only in training mode with autograd recording, for an input on a device type in ``_FUSED_DEVICE_TYPES``
+    (the CPU), and when every convolution and BatchNorm of the block is exactly ``nn.Conv2d``/``nn.BatchNorm2d``:
+    the fused functions use the layers' tensors without calling the layers, so any subclass (``nn.SyncBatchNorm``
+    above all, whose ``forward`` synchronises the batch statistics over the ranks) must run its own ``forward``.
     Everywhere else the plain modules run.
     """
     return (
-        block.memory_lean
-        and block.training
+        block.training
         and torch.is_grad_enabled()
         and x.device.type in _FUSED_DEVICE_TYPES
         and all(
@@ -406,8 +404,8 @@ class SEResBlock(nn.Module):
     :class:`~monai.networks.blocks.ChannelSELayer` with ``out_channels // se_reduction`` hidden units
     (at least 1).
 
-    Training on the CPU (``memory_lean``, autograd recording, plain ``nn.Conv2d``/``nn.BatchNorm2d`` layers) runs
-    the same computation through fused memory-lean autograd functions: only the block input, the three
+    Training on the CPU (with autograd recording, plain ``nn.Conv2d``/``nn.BatchNorm2d`` layers) runs the
+    same computation through fused memory-lean autograd functions: only the block input, the three
     convolution outputs and the block output are kept for backward, and the BatchNorm/ReLU/SE results are
     recomputed elementwise in backward. Training on any other device (CUDA, ...), with any other
     BatchNorm or convolution type (e.g. ``nn.SyncBatchNorm``) or without autograd runs the plain MONAI
@@ -420,9 +418,6 @@ class SEResBlock(nn.Module):
         se_reduction: reduction ratio of the SE layer.
         recompute_first_conv: in the fused (CPU) training path, recompute the first convolution's output in
             backward instead of keeping it (worth it where ``in_channels`` is small, as in the stem).
-        memory_lean: train on the CPU through the fused functions (about 0.73x the memory, about 15 % slower at
-            128 x 128 on a 2-core AVX2 CPU); ``False`` runs the plain modules there too. An attribute, not saved
-            in the state dict.
 
     Shapes: ``N x in_channels x H x W`` -> ``N x out_channels x ceil(H / stride) x ceil(W / stride)``.
     """
@@ -434,11 +429,9 @@ class SEResBlock(nn.Module):
         stride: int = 1,
         se_reduction: int = 24,
         recompute_first_conv: bool = False,
-        memory_lean: bool = True,
     ) -> None:
         super().__init__()
         self.recompute_first_conv = recompute_first_conv
-        self.memory_lean = memory_lean
         self.conv_in = conv_norm_act(in_channels, out_channels, stride=stride)
         self.conv_body = nn.Sequential(
             conv_norm_act(out_channels, out_channels), conv_norm_act(out_channels, out_channels, act=False)

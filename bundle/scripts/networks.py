@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from .blocks import SEResBlock, UpBlock, binary_position_code, conv_norm_act, patchify, unpatchify
 from .memory import DecoderMemory, SpaceAwareMemoryQueue
-from .utils import as_bool
 from .losses import distillation_loss
 
 __all__ = ["neighbour_index", "InpaintBlock", "Decoder", "SimSIDGenerator", "Discriminator"]
@@ -242,9 +241,6 @@ class SimSIDGenerator(nn.Module):
         dist: build the teacher decoder and distil it into the student decoder (training only).
         channels_last: keep activations channels-last (the layout fast CPU convolution and upsampling
             kernels use); ``False`` keeps PyTorch's default channels-first layout. Results are the same.
-        memory_lean: train on the CPU through the blocks' fused memory-lean functions (``SEResBlock``'s
-            ``memory_lean``: less memory, some speed); ``False`` (or ``"false"`` from the command line) runs the
-            plain modules. Other devices always run the plain modules. Results are the same.
 
     ``forward(x)`` with ``x: B x in_channels x img_size x img_size`` in [0, 1] returns
     ``{"recon": B x in_channels x H x W}`` in eval mode (``forward(x, feature_depth=d)`` adds ``"features"``, the
@@ -278,7 +274,6 @@ class SimSIDGenerator(nn.Module):
         dropout: float = 0.0,
         dist: bool = True,
         channels_last: bool = True,
-        memory_lean: bool = True,
     ) -> None:
         super().__init__()
         if len(ops) != level or len(decoder_memory) != level:
@@ -327,10 +322,6 @@ class SimSIDGenerator(nn.Module):
                 raise ValueError(f"decoder_memory entries must be 'memory' or 'none', got {kind!r}.")
         self.decoder = Decoder(features, in_channels, num_patch, initial_combine, ops, se_reduction, memories)
         self.teacher = Decoder(features, in_channels, num_patch, initial_combine, ops, se_reduction) if dist else None
-        lean = as_bool(memory_lean, "memory_lean")
-        for block in self.modules():
-            if isinstance(block, SEResBlock):
-                block.memory_lean = lean
 
     def encode(
         self, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format, feature_depth: int | None = None
