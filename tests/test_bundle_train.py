@@ -197,6 +197,32 @@ def test_evaluation_keeps_the_models_statistics_unless_asked_to_measure_them_aga
                                    rtol=1e-4, atol=1e-6)
 
 
+def test_evaluation_with_other_feature_settings_measures_the_features_again_and_keeps_the_weights(
+    trained, dataset, tmp_path
+):
+    """A model trained without the mirror descriptor, evaluated with ``--feature_mirror true``: refused with the
+    setting to pass while its saved feature statistics are kept; with ``--remeasure_statistics true`` its weights load
+    without them, they are measured again with the new descriptor (twice as long), and the model file is untouched."""
+    _, ckpt_dir = trained
+    before = (ckpt_dir / "model.pt").read_bytes()
+    args = {**TINY, "dataset_dir": str(dataset), "ckpt_dir": str(ckpt_dir), "feature_mirror": True}
+    with pytest.raises(Exception) as info:
+        run(["train.json", "evaluate.json"], "eval", "evaluating", **args, eval_output_dir=str(tmp_path / "a"))
+    assert "model.pt does not fit" in _chain(info.value) and "--feature_mirror false" in _chain(info.value)
+    wf = run(["train.json", "evaluate.json"], "eval", "evaluating", **args, eval_output_dir=str(tmp_path / "b"),
+             remeasure_statistics=True)
+    detector = wf.parser.get_parsed_content("detector")
+    saved = load_checkpoint(ckpt_dir / "model.pt")
+    density = detector.statistics.density
+    assert density.mirror and density.mean.shape[1] == 2 * saved["statistics.density.mean"].shape[1]
+    assert bool(detector.statistics.ready) and float(density.score_std) > 0
+    weights = [k for k in saved if not k.startswith("statistics.")]
+    assert weights and all(torch.equal(detector.state_dict()[k].cpu(), saved[k]) for k in weights)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "scores.csv")))
+    assert len({r["feature_score"] for r in rows}) > 1
+    assert (ckpt_dir / "model.pt").read_bytes() == before
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_continues_exactly(num_workers, dataset, tmp_path):
     """1 epoch + resume to 2 epochs gives the same weights, queues and states as 2 uninterrupted epochs.

@@ -239,6 +239,42 @@ def test_subcells_see_a_finding_that_moves_within_a_cell_without_changing_its_me
             torch.testing.assert_close(d_abnormal, d_normal, rtol=0.5, atol=0.5 * float(d_normal.max()))
 
 
+def test_mirror_descriptor_adds_each_part_minus_the_part_mirrored_left_right() -> None:
+    density = FeatureDensity(3, feature_size=12, grid=3, subcells=2, mirror=True)
+    assert density.channels == 24 and density.mean.shape == (9, 24)
+    features = torch.randn(2, 3, 12, 12)
+    pooled = density.pool(features)
+    plain = FeatureDensity(3, feature_size=12, grid=3, subcells=2).pool(features)
+    torch.testing.assert_close(pooled[:, :12], plain)
+    for channel, i, j in [(0, 0, 0), (1, 0, 1), (2, 1, 0)]:
+        part = features[:, channel, 4 + 2 * i:6 + 2 * i, 8 + 2 * j:10 + 2 * j].mean((-2, -1))  # part (i, j), cell (1, 2)
+        mirrored = features[:, channel, 4 + 2 * i:6 + 2 * i, 2 - 2 * j:4 - 2 * j].mean((-2, -1))  # columns 11-c
+        torch.testing.assert_close(pooled[:, 12 + (channel * 2 + i) * 2 + j, 1, 2], part - mirrored)
+    symmetric = torch.cat([features[..., :6], features[..., :6].flip(-1)], -1)
+    assert float(density.pool(symmetric)[:, 12:].abs().max()) < 1e-6
+
+
+def test_mirror_descriptor_finds_a_one_sided_change_hidden_in_the_spread_between_patients() -> None:
+    """Every normal image has its own brightness (spread 3) shared by both sides; the finding raises one cell by 1,
+    which stays inside the spread of that cell over normal images, so the nearest normal is close without the mirror;
+    against the other side of the same image it stands out."""
+    g = torch.Generator().manual_seed(0)
+    def images(n: int) -> torch.Tensor:
+        return 3 * torch.randn(n, 2, 1, 1, generator=g) + 0.05 * torch.randn(n, 2, 8, 8, generator=g)
+    train, normal, abnormal = images(200), images(30), images(30)
+    abnormal[:, :, 2:4, 0:2] += 1.0  # cell (1, 0); its mirror is cell (1, 3)
+    labels = np.r_[np.zeros(30), np.ones(30)]
+    for mirror, low, high in ((False, 0.0, 0.8), (True, 0.99, 1.0)):
+        density = FeatureDensity(2, feature_size=8, grid=4, mirror=mirror)
+        density.fit(density.pool(train))
+        scores = density.image_score(density.distance(density.pool(torch.cat([normal, abnormal]))))
+        ranks = scores.argsort().argsort().double().numpy()
+        auc = (ranks[30:].sum() - 30 * 29 / 2) / (30 * 30)
+        assert low <= auc <= high, (mirror, auc)
+    cells = density.distance(density.pool(abnormal))[:, 1]  # row 1: the finding at column 0, its mirror at 3
+    assert bool((cells[:, 0] > 0.5 * cells[:, 3]).all()) and float(cells[:, 1:3].max()) < float(cells[:, 0].min())
+
+
 class CopyGenerator(nn.Module):
     """A generator that reproduces its input exactly (as the SimSID generator reproduces a large finding through its
     skips); its "encoder feature" at depth 0 is the image itself."""
@@ -393,13 +429,20 @@ def test_weights_measured_with_other_feature_settings_are_refused_with_the_setti
     with torch.no_grad():
         source.update_statistics(source.raw_scores(textured(50, seed=0)))
     with pytest.raises(FeatureSettingsMismatchError, match="16 cells by 1 values .* 16 cells by 4 .*"
-                       "'--feature_depth 0 --feature_grid 4 --feature_subcells 1'"):
+                       "'--feature_depth 0 --feature_grid 4 --feature_subcells 1 --feature_mirror false'"):
         copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2).load_state_dict(source.state_dict())
+    with pytest.raises(FeatureSettingsMismatchError, match="16 cells by 1 values .* 16 cells by 2 .*feature_mirror "
+                       "true.*'--feature_depth 0 --feature_grid 4 --feature_subcells 1 --feature_mirror false'"):
+        copy_detector(feature_subcells=1, feature_mirror=True).load_state_dict(source.state_dict())
+    mirrored = copy_detector(feature_subcells=1, feature_mirror=True)
+    with pytest.raises(FeatureSettingsMismatchError, match="'--feature_depth 0 --feature_grid 4 --feature_subcells 1 "
+                       "--feature_mirror true'"):
+        source.load_state_dict(mirrored.state_dict())
     path = tmp_path / "model.pt"
     save_atomic(source.state_dict(), path)
     loader = CheckpointFileLoader(load_path=path, load_dict={"model": copy_detector(feature_subcells=2)})
     with pytest.raises(ValueError, match=r"model\.pt does not fit .*'--feature_depth 0 --feature_grid 4 "
-                       "--feature_subcells 1'"):
+                       "--feature_subcells 1 --feature_mirror false'"):
         loader(Engine(lambda engine, batch: None))
     target = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=1)
     target.load_state_dict(source.state_dict())

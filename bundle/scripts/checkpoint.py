@@ -372,8 +372,13 @@ class CheckpointFileLoader(CheckpointLoader):
         load_path: the checkpoint file.
         load_dict: name -> object to restore, as in ``CheckpointLoader``.
         hint: what the user should do when the file is missing.
+        keep_feature_statistics: ``False`` leaves the detector's saved feature statistics (``statistics.density.*``)
+            unloaded, to be measured again (evaluation's ``--remeasure_statistics true``): a model can then be
+            scored with other feature settings (grid, subcells, mirror) without training again.
         kwargs: passed on to ``CheckpointLoader`` (``map_location``, ``strict``, ...).
     """
+
+    FEATURE_STATISTICS = "statistics.density."
 
     def __init__(
         self,
@@ -381,11 +386,13 @@ class CheckpointFileLoader(CheckpointLoader):
         load_dict: Mapping[str, Any],
         hint: str = "train first (python -m monai.bundle run training --config_file configs/train.json) or pass "
         "the checkpoint path on the command line",
+        keep_feature_statistics: bool = True,
         **kwargs: Any,
     ) -> None:
         if not Path(load_path).is_file():
             raise FileNotFoundError(f"checkpoint {load_path} does not exist: {hint}.")
         super().__init__(load_path=str(load_path), load_dict=dict(load_dict), **kwargs)
+        self.keep_feature_statistics = as_bool(keep_feature_statistics, "keep_feature_statistics")
 
     def __call__(self, engine: Engine) -> None:
         """Restore ``load_dict`` from the file.
@@ -396,7 +403,10 @@ class CheckpointFileLoader(CheckpointLoader):
                 feature or intensity settings to pass when its statistics were measured with others).
         """
         try:
-            super().__call__(engine)
+            if self.keep_feature_statistics:
+                super().__call__(engine)
+            else:
+                self._load_without_feature_statistics()
         except (FeatureSettingsMismatchError, IntensitySettingsMismatchError) as e:  # the detector's own checks: their
             # messages say what to pass
             raise ValueError(f"checkpoint {self.load_path} does not fit the network this config builds: {e}") from e
@@ -406,6 +416,18 @@ class CheckpointFileLoader(CheckpointLoader):
                 raise ValueError(self._mismatch_message(e)) from e
             load_checkpoint(self.load_path)  # raises the clear error when the file itself is unreadable
             raise
+
+    def _load_without_feature_statistics(self) -> None:
+        """Restore ``load_dict`` from the file without the ``statistics.density.*`` entries (the detector then loads
+        as a model saved before feature statistics existed: they keep their defaults and are marked unmeasured)."""
+        checkpoint = load_checkpoint(self.load_path, self.map_location)
+        first = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and first not in checkpoint:  # a model file: the detector's state dict itself
+            checkpoint = {first: checkpoint}
+        for name, obj in self.load_dict.items():
+            state = {k: v for k, v in checkpoint[name].items() if not str(k).startswith(self.FEATURE_STATISTICS)}
+            obj.load_state_dict(state, strict=self.strict)
+        self.logger.info(f"Restored {self.load_path} without its feature statistics (measured again)")
 
     def _mismatch_message(self, error: RuntimeError) -> str:
         details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]

@@ -227,7 +227,7 @@ class ImageSizeMismatchError(RuntimeError):
 
 
 class FeatureSettingsMismatchError(RuntimeError):
-    """Weights whose feature statistics were measured with other feature settings (depth, grid, subcells)."""
+    """Weights whose feature statistics were measured with other feature settings (depth, grid, subcells, mirror)."""
 
 
 class AnomalyDetector(nn.Module):
@@ -246,7 +246,8 @@ class AnomalyDetector(nn.Module):
       normal images have none.
     - ``"feature"`` (with ``feature_depth``): the generator's encoder feature at depth ``feature_depth`` is
       average-pooled over each of ``feature_subcells x feature_subcells`` parts of every cell of a
-      ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side) is compared with the
+      ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side, with
+      ``feature_mirror`` also each part minus the part mirrored left-right) is compared with the
       descriptors of normal training images there (:class:`scripts.feature_density.FeatureDensity`: the squared
       distance to the nearest, after whitening by their shrunk covariance); the raw score is the largest cell
       distance, standardised over the training images, anomaly score ``sigmoid(z)``.
@@ -281,6 +282,8 @@ class AnomalyDetector(nn.Module):
             feature's side ``img_size / 2 ** feature_depth``.
         feature_shrinkage: covariance shrinkage of the feature statistics' whitening (:class:`FeatureDensity`).
         feature_subcells: parts per side of a cell pooled separately into its descriptor (:class:`FeatureDensity`).
+        feature_mirror: add each part's difference to the part mirrored left-right to the descriptor
+            (:class:`FeatureDensity`).
         map_kind: the anomaly map, one of ``MAP_KINDS``.
         feature_map_sigma: standard deviation, in cells, of the Gaussian that smooths the feature map (0: none),
             >= 0; a model keeps the smoothing its statistics were measured with until they are measured again.
@@ -305,6 +308,7 @@ class AnomalyDetector(nn.Module):
         feature_subcells: int = 1,
         feature_map_sigma: float = 0.75,
         intensity_percentiles: Sequence[float] | None = None,
+        feature_mirror: bool = False,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -339,7 +343,7 @@ class AnomalyDetector(nn.Module):
                 raise ValueError(f"feature_depth {feature_depth} is not an encoder depth of the generator "
                                  f"(channels per depth: {channels}).")
             density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
-                                     feature_shrinkage, feature_subcells, feature_map_sigma)
+                                     feature_shrinkage, feature_subcells, feature_map_sigma, feature_mirror)
         self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density,
                                           intensity_percentiles=intensity_percentiles)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
@@ -370,13 +374,15 @@ class AnomalyDetector(nn.Module):
         measured = "statistics.density.bank" in state_dict  # older feature statistics are dropped and measured again
         if measured and isinstance(saved, torch.Tensor) and density is not None and saved.shape != density.mean.shape:
             grid = math.isqrt(saved.shape[0])
-            settings = [f"'--feature_depth {depth} --feature_grid {grid} --feature_subcells {parts}'"
+            settings = [f"'--feature_depth {depth} --feature_grid {grid} --feature_subcells {parts} "
+                        f"--feature_mirror {str(mirror).lower()}'"
                         for depth, channels in enumerate(self.generator.features) for parts in range(1, 9)
-                        if channels * parts**2 == saved.shape[1]]
+                        for mirror in (False, True) if channels * parts**2 * (1 + mirror) == saved.shape[1]]
             raise FeatureSettingsMismatchError(
                 f"the weights' feature statistics describe {saved.shape[0]} cells by {saved.shape[1]} values and this "
                 f"detector builds {density.mean.shape[0]} cells by {density.mean.shape[1]} (feature_depth "
-                f"{self.feature_depth}, feature_grid {density.grid}, feature_subcells {density.subcells}): pass the "
+                f"{self.feature_depth}, feature_grid {density.grid}, feature_subcells {density.subcells}, "
+                f"feature_mirror {str(density.mirror).lower()}): pass the "
                 f"feature settings the model was trained with: {' or '.join(settings) or 'those of its training run'}."
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -31,7 +31,12 @@ class FeatureDensity(nn.Module):
 
     A cell's descriptor is the encoder features average-pooled over each of its ``subcells x subcells`` equal parts,
     concatenated (``D = C * subcells ** 2`` values): with ``subcells`` 1 the cell's mean feature; with more it also
-    keeps where in the cell a feature lies (a small nodule in one corner of a cell is then not averaged away).
+    keeps where in the cell a feature lies (a small nodule in one corner of a cell is then not averaged away). With
+    ``mirror`` each part also carries its difference to the part at the mirrored place across the image's vertical
+    midline (the same place in the other lung; ``D = 2 * C * subcells ** 2``): most findings lie on one side, while
+    exposure, patient size and build are shared by both, so a finding stands out against the patient's own other
+    side as well as against other patients. A one-sided finding then also moves the difference part of the mirrored
+    cell (by the same amount, the other sign), which shows faintly in the map there.
 
     :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
     and a whitening ``whitening`` (``L x D x D``, upper triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
@@ -66,6 +71,7 @@ class FeatureDensity(nn.Module):
         subcells: parts per side of a cell that the descriptor pools separately, >= 1.
         map_sigma: standard deviation, in cells, of the Gaussian that smooths the map, >= 0 (0: none); used from
             the next :meth:`fit` on.
+        mirror: add to each part its difference to the mirrored part (left-right) to the descriptor.
 
     Shapes: features ``N x C x feature_size x feature_size`` -> pooled descriptors ``N x D x grid x grid`` ->
     distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
@@ -81,6 +87,7 @@ class FeatureDensity(nn.Module):
         shrinkage: float = 0.3,
         subcells: int = 1,
         map_sigma: float = 0.0,
+        mirror: bool = False,
     ) -> None:
         super().__init__()
         if subcells < 1:
@@ -93,7 +100,8 @@ class FeatureDensity(nn.Module):
             raise ValueError(f"feature_shrinkage must be >= 0, got {shrinkage}.")
         if map_sigma < 0:
             raise ValueError(f"feature_map_sigma must be >= 0, got {map_sigma}.")
-        self.channels = channels * subcells**2
+        self.mirror = bool(mirror)
+        self.channels = channels * subcells**2 * (2 if mirror else 1)
         self.grid = grid
         self.subcells = subcells
         self.part = feature_size // (grid * subcells)
@@ -114,8 +122,11 @@ class FeatureDensity(nn.Module):
 
     def pool(self, features: Tensor) -> Tensor:
         """``N x C x S x S`` encoder features -> ``N x D x grid x grid`` cell descriptors (float32): channel ``c`` of
-        part ``(i, j)`` of a cell (row-major within the cell) is descriptor entry ``(c * subcells + i) * subcells + j``."""
+        part ``(i, j)`` of a cell (row-major within the cell) is descriptor entry ``(c * subcells + i) * subcells + j``;
+        with ``mirror``, channel ``C + c`` is that part's channel ``c`` minus the mirrored part's."""
         parts = F.avg_pool2d(features.float(), self.part)  # N x C x (grid * subcells) x (grid * subcells)
+        if self.mirror:
+            parts = torch.cat([parts, parts - parts.flip(-1)], 1)  # N x 2C x (grid * subcells) x (grid * subcells)
         n, c, g, s = parts.shape[0], parts.shape[1], self.grid, self.subcells
         return parts.reshape(n, c, g, s, g, s).permute(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, g, g)
 
