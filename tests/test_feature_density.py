@@ -263,7 +263,6 @@ def test_mirror_descriptor_finds_a_one_sided_change_hidden_in_the_spread_between
         return 3 * torch.randn(n, 2, 1, 1, generator=g) + 0.05 * torch.randn(n, 2, 8, 8, generator=g)
     train, normal, abnormal = images(200), images(30), images(30)
     abnormal[:, :, 2:4, 0:2] += 1.0  # cell (1, 0); its mirror is cell (1, 3)
-    labels = np.r_[np.zeros(30), np.ones(30)]
     for mirror, low, high in ((False, 0.0, 0.8), (True, 0.99, 1.0)):
         density = FeatureDensity(2, feature_size=8, grid=4, mirror=mirror)
         density.fit(density.pool(train))
