@@ -48,7 +48,11 @@ PAUSE_S = 600  # a paused child sleeps this long at most, should the test die be
 
 
 def _pause(marker: Path, note: str) -> None:
-    marker.write_text(note)
+    """Write ``note`` to ``marker`` atomically (the test polls for the file and reads it at once: a plain write
+    could be seen created but still empty), then sleep until killed."""
+    staged = marker.with_name(marker.name + ".tmp")
+    staged.write_text(note)
+    os.replace(staged, marker)
     time.sleep(PAUSE_S)
 
 
