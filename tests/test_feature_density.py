@@ -274,6 +274,45 @@ def test_mirror_descriptor_finds_a_one_sided_change_hidden_in_the_spread_between
     assert bool((cells[:, 0] > 0.5 * cells[:, 3]).all()) and float(cells[:, 1:3].max()) < float(cells[:, 0].min())
 
 
+def test_centred_descriptor_is_each_part_less_the_image_mean_and_ignores_what_the_whole_image_shares() -> None:
+    density = FeatureDensity(3, feature_size=12, grid=3, subcells=2, centre=True)
+    assert density.channels == 12 and bool(density.centred)
+    features = torch.randn(2, 3, 12, 12)
+    plain = FeatureDensity(3, feature_size=12, grid=3, subcells=2).pool(features)
+    image_mean = features.mean((2, 3))  # N x C
+    for channel, i, j in [(0, 0, 0), (1, 0, 1), (2, 1, 1)]:
+        entry = (channel * 2 + i) * 2 + j
+        torch.testing.assert_close(density.pool(features)[:, entry, 2, 0], plain[:, entry, 2, 0] - image_mean[:, channel])
+    shifted = features + torch.randn(2, 3, 1, 1) * 5  # every place of an image moved alike, per channel
+    scale = float(features.abs().max())
+    torch.testing.assert_close(density.pool(shifted), density.pool(features), atol=1e-5 * scale * 5, rtol=0)
+    # the command line hands flags as strings: "false" must mean false
+    assert not FeatureDensity(3, 12, 3, centre="false", mirror="false").centre
+    assert not FeatureDensity(3, 12, 3, mirror="false").mirror and FeatureDensity(3, 12, 3, mirror="true").mirror
+    with pytest.raises(ValueError, match="feature_centre"):
+        FeatureDensity(3, 12, 3, centre="ture")
+
+
+def test_centred_descriptor_finds_a_local_change_hidden_in_each_patients_overall_level() -> None:
+    """Every image has its own overall level (spread 3, e.g. exposure) shared by all its cells; the finding raises
+    one cell by 1, inside that cell's spread over normal images, so the nearest normal is close without centring;
+    less the image's own mean it stands out."""
+    g = torch.Generator().manual_seed(0)
+    def images(n: int) -> torch.Tensor:
+        return 3 * torch.randn(n, 2, 1, 1, generator=g) + 0.05 * torch.randn(n, 2, 8, 8, generator=g)
+    train, normal, abnormal = images(200), images(30), images(30)
+    abnormal[:, :, 2:4, 4:6] += 1.0  # cell (1, 2)
+    for centre, low, high in ((False, 0.0, 0.8), (True, 0.99, 1.0)):
+        density = FeatureDensity(2, feature_size=8, grid=4, centre=centre)
+        density.fit(density.pool(train))
+        scores = density.image_score(density.distance(density.pool(torch.cat([normal, abnormal]))))
+        ranks = scores.argsort().argsort().double().numpy()
+        auc = (ranks[30:].sum() - 30 * 29 / 2) / (30 * 30)
+        assert low <= auc <= high, (centre, auc)
+    cells = density.distance(density.pool(abnormal)).flatten(1)
+    assert bool((cells.argmax(1) == 1 * 4 + 2).all())  # the finding's cell is the largest in every image
+
+
 class CopyGenerator(nn.Module):
     """A generator that reproduces its input exactly (as the SimSID generator reproduces a large finding through its
     skips); its "encoder feature" at depth 0 is the image itself."""
@@ -437,7 +476,28 @@ def test_weights_measured_with_other_feature_settings_are_refused_with_the_setti
     with pytest.raises(FeatureSettingsMismatchError, match="'--feature_depth 0 --feature_grid 4 --feature_subcells 1 "
                        "--feature_mirror true'"):
         source.load_state_dict(mirrored.state_dict())
+    # centring does not change the shapes: the saved flag says how the bank was measured (none saved: not centred)
+    with pytest.raises(FeatureSettingsMismatchError, match="feature_centre false .* feature_centre true: pass "
+                       "'--feature_centre false'"):
+        copy_detector(feature_subcells=1, feature_centre=True).load_state_dict(source.state_dict())
+    without_flag = {k: v for k, v in source.state_dict().items() if k != "statistics.density.centred"}
+    with pytest.raises(FeatureSettingsMismatchError, match="'--feature_centre false'"):
+        copy_detector(feature_subcells=1, feature_centre=True).load_state_dict(without_flag)
+    copy_detector(feature_subcells=1).load_state_dict(without_flag)
+    centred = copy_detector(feature_subcells=1, feature_centre=True)
+    with torch.no_grad():
+        centred.update_statistics(centred.raw_scores(textured(50, seed=0)))
+    with pytest.raises(FeatureSettingsMismatchError, match="'--feature_centre true'"):
+        source.load_state_dict(centred.state_dict())
     path = tmp_path / "model.pt"
+    save_atomic(centred.state_dict(), path)
+    from scripts.checkpoint import trained_settings
+
+    assert trained_settings(path, 64, None)["feature_centre"] is True  # inference builds what the model was measured with
+    save_atomic(source.state_dict(), path)
+    assert trained_settings(path, 64, None)["feature_centre"] is False
+    save_atomic(without_flag, path)
+    assert trained_settings(path, 64, None, feature_centre=True)["feature_centre"] is False
     save_atomic(source.state_dict(), path)
     loader = CheckpointFileLoader(load_path=path, load_dict={"model": copy_detector(feature_subcells=2)})
     with pytest.raises(ValueError, match=r"model\.pt does not fit .*'--feature_depth 0 --feature_grid 4 "

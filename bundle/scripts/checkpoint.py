@@ -89,11 +89,12 @@ def state_img_size(state: Mapping[str, Any]) -> int | None:
 
 
 def trained_settings(
-    path: str | os.PathLike, img_size: int, intensity_percentiles: Sequence[float] | None
+    path: str | os.PathLike, img_size: int, intensity_percentiles: Sequence[float] | None, feature_centre: bool = False
 ) -> dict[str, Any]:
-    """The preprocessing the model file ``path`` was trained with, read in one pass, so that inference and export
-    build the network it fits and scale images as training did: ``{"img_size": int, "intensity_percentiles":
-    [low, high] or None}`` (``None``: images as loaded, also for models of bundles before 0.6, which recorded none).
+    """The preprocessing and feature settings the model file ``path`` was trained with, read in one pass, so that
+    inference and export build the network it fits and scale images as training did: ``{"img_size": int,
+    "intensity_percentiles": [low, high] or None, "feature_centre": bool}`` (``None``: images as loaded, also for
+    models of bundles before 0.6, which recorded none; ``feature_centre`` false for models that recorded none).
     The arguments are the defaults, used when the file does not exist (the loader then says what to do) or holds
     no statistics.
 
@@ -101,7 +102,7 @@ def trained_settings(
         ValueError: the file exists but is not a readable checkpoint (names the file).
     """
     default = {"img_size": img_size, "intensity_percentiles": None if intensity_percentiles is None
-               else list(intensity_percentiles)}
+               else list(intensity_percentiles), "feature_centre": bool(feature_centre)}
     if not Path(path).is_file():
         return default
     state = load_checkpoint(path)
@@ -110,7 +111,9 @@ def trained_settings(
         return default
     recorded = state.get("statistics.intensity_percentiles")
     found = recorded_percentiles(recorded) if isinstance(recorded, torch.Tensor) else None
-    return {"img_size": size, "intensity_percentiles": None if found is None else list(found)}
+    centred = state.get("statistics.density.centred")
+    return {"img_size": size, "intensity_percentiles": None if found is None else list(found),
+            "feature_centre": bool(centred) if isinstance(centred, torch.Tensor) else False}
 
 
 def trained_img_size(path: str | os.PathLike, default: int) -> int:

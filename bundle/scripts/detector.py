@@ -227,7 +227,8 @@ class ImageSizeMismatchError(RuntimeError):
 
 
 class FeatureSettingsMismatchError(RuntimeError):
-    """Weights whose feature statistics were measured with other feature settings (depth, grid, subcells, mirror)."""
+    """Weights whose feature statistics were measured with other feature settings (depth, grid, subcells, mirror,
+    centre)."""
 
 
 class AnomalyDetector(nn.Module):
@@ -247,7 +248,8 @@ class AnomalyDetector(nn.Module):
     - ``"feature"`` (with ``feature_depth``): the generator's encoder feature at depth ``feature_depth`` is
       average-pooled over each of ``feature_subcells x feature_subcells`` parts of every cell of a
       ``feature_grid x feature_grid`` grid, and each cell's descriptor (its parts side by side, with
-      ``feature_mirror`` also each part minus the part mirrored left-right) is compared with the
+      ``feature_mirror`` also each part minus the part mirrored left-right; with ``feature_centre`` each part less
+      the image's mean feature) is compared with the
       descriptors of normal training images there (:class:`scripts.feature_density.FeatureDensity`: the squared
       distance to the nearest, after whitening by their shrunk covariance); the raw score is the largest cell
       distance, standardised over the training images, anomaly score ``sigmoid(z)``.
@@ -284,6 +286,8 @@ class AnomalyDetector(nn.Module):
         feature_subcells: parts per side of a cell pooled separately into its descriptor (:class:`FeatureDensity`).
         feature_mirror: add each part's difference to the part mirrored left-right to the descriptor
             (:class:`FeatureDensity`).
+        feature_centre: subtract the image's mean feature from every part before the descriptor is formed
+            (:class:`FeatureDensity`).
         map_kind: the anomaly map, one of ``MAP_KINDS``.
         feature_map_sigma: standard deviation, in cells, of the Gaussian that smooths the feature map (0: none),
             >= 0; a model keeps the smoothing its statistics were measured with until they are measured again.
@@ -309,6 +313,7 @@ class AnomalyDetector(nn.Module):
         feature_map_sigma: float = 0.75,
         intensity_percentiles: Sequence[float] | None = None,
         feature_mirror: bool = False,
+        feature_centre: bool = False,
     ) -> None:
         super().__init__()
         if score_kind not in SCORE_KINDS:
@@ -343,7 +348,8 @@ class AnomalyDetector(nn.Module):
                 raise ValueError(f"feature_depth {feature_depth} is not an encoder depth of the generator "
                                  f"(channels per depth: {channels}).")
             density = FeatureDensity(channels[feature_depth], img_size // 2**feature_depth, feature_grid,
-                                     feature_shrinkage, feature_subcells, feature_map_sigma, feature_mirror)
+                                     feature_shrinkage, feature_subcells, feature_map_sigma, feature_mirror,
+                                     feature_centre)
         self.statistics = ScoreStatistics(img_size, std_floor=residual_std_floor, density=density,
                                           intensity_percentiles=intensity_percentiles)
         # MONAI's GaussianFilter kernel (truncated at 4 sigma), as one 2D kernel: a fixed convolution that traces
@@ -385,6 +391,16 @@ class AnomalyDetector(nn.Module):
                 f"feature_mirror {str(density.mirror).lower()}): pass the "
                 f"feature settings the model was trained with: {' or '.join(settings) or 'those of its training run'}."
             )
+        if measured and density is not None:
+            saved_centred = state_dict.get("statistics.density.centred")
+            was = bool(saved_centred) if isinstance(saved_centred, torch.Tensor) else False  # saved before 0.8: no
+            if was != density.centre:
+                raise FeatureSettingsMismatchError(
+                    f"the weights' feature statistics were measured with feature_centre {str(was).lower()} and this "
+                    f"detector builds feature_centre {str(density.centre).lower()}: pass '--feature_centre "
+                    f"{str(was).lower()}' (evaluation with '--remeasure_statistics true' measures them again with the "
+                    "settings given)."
+                )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __prepare_scriptable__(self) -> nn.Module:

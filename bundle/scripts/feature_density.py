@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d
 from torch import Tensor, nn
 
+from .utils import as_bool
+
 __all__ = ["FEATURE_MAP_MAX", "FeatureDensity"]
 
 FEATURE_MAP_MAX = 10.0
@@ -36,7 +38,11 @@ class FeatureDensity(nn.Module):
     midline (the same place in the other lung; ``D = 2 * C * subcells ** 2``): most findings lie on one side, while
     exposure, patient size and build are shared by both, so a finding stands out against the patient's own other
     side as well as against other patients. A one-sided finding then also moves the difference part of the mirrored
-    cell (by the same amount, the other sign), which shows faintly in the map there.
+    cell (by the same amount, the other sign), which shows faintly in the map there. With ``centre`` every part has
+    the image's mean feature (over all its parts) subtracted first: what the whole image shares (exposure, the
+    detector's processing, noise level) moves every cell alike and is removed, and a cell is compared with normal
+    cells by how it differs from the rest of its own image. ``centred`` (a buffer, saved) records whether the bank
+    was measured so.
 
     :meth:`fit` measures, per cell, the descriptors' mean (``mean``, ``L x D``, ``L = grid ** 2`` cells, row-major)
     and a whitening ``whitening`` (``L x D x D``, upper triangular, ``W W^T = (S + shrinkage * mean(diag(S)) * I)^-1``
@@ -72,12 +78,15 @@ class FeatureDensity(nn.Module):
         map_sigma: standard deviation, in cells, of the Gaussian that smooths the map, >= 0 (0: none); used from
             the next :meth:`fit` on.
         mirror: add to each part its difference to the mirrored part (left-right) to the descriptor.
+        centre: subtract the image's mean feature from every part before the descriptor is formed.
+            Both flags may be the ``"true"``/``"false"`` strings of the command line (:func:`scripts.utils.as_bool`).
 
     Shapes: features ``N x C x feature_size x feature_size`` -> pooled descriptors ``N x D x grid x grid`` ->
     distances ``N x grid x grid``. ``channels`` (the attribute) is ``D``.
     """
 
-    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "smooth_scale", "map_sigma", "score_mean", "score_std")
+    BUFFERS = ("mean", "whitening", "bank", "cell_scale", "smooth_scale", "map_sigma", "score_mean", "score_std",
+               "centred")
 
     def __init__(
         self,
@@ -87,7 +96,8 @@ class FeatureDensity(nn.Module):
         shrinkage: float = 0.3,
         subcells: int = 1,
         map_sigma: float = 0.0,
-        mirror: bool = False,
+        mirror: bool | str = False,
+        centre: bool | str = False,
     ) -> None:
         super().__init__()
         if subcells < 1:
@@ -100,7 +110,8 @@ class FeatureDensity(nn.Module):
             raise ValueError(f"feature_shrinkage must be >= 0, got {shrinkage}.")
         if map_sigma < 0:
             raise ValueError(f"feature_map_sigma must be >= 0, got {map_sigma}.")
-        self.mirror = bool(mirror)
+        self.mirror = as_bool(mirror, "feature_mirror")  # the command line's "false" is a (true) string
+        self.centre = as_bool(centre, "feature_centre")
         self.channels = channels * subcells**2 * (2 if mirror else 1)
         self.grid = grid
         self.subcells = subcells
@@ -119,12 +130,16 @@ class FeatureDensity(nn.Module):
         self._set_map_sigma(float(map_sigma))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
+        self.register_buffer("centred", torch.tensor(float(self.centre)))
 
     def pool(self, features: Tensor) -> Tensor:
         """``N x C x S x S`` encoder features -> ``N x D x grid x grid`` cell descriptors (float32): channel ``c`` of
         part ``(i, j)`` of a cell (row-major within the cell) is descriptor entry ``(c * subcells + i) * subcells + j``;
-        with ``mirror``, channel ``C + c`` is that part's channel ``c`` minus the mirrored part's."""
+        with ``centre`` each part's features are first less their mean over the image's parts; with ``mirror``,
+        channel ``C + c`` is that part's channel ``c`` minus the mirrored part's."""
         parts = F.avg_pool2d(features.float(), self.part)  # N x C x (grid * subcells) x (grid * subcells)
+        if self.centre:
+            parts = parts - parts.mean((2, 3), keepdim=True)
         if self.mirror:
             parts = torch.cat([parts, parts - parts.flip(-1)], 1)  # N x 2C x (grid * subcells) x (grid * subcells)
         n, c, g, s = parts.shape[0], parts.shape[1], self.grid, self.subcells
@@ -214,8 +229,8 @@ class FeatureDensity(nn.Module):
             rows.append(self._cells(augmented, "augmented pooled features"))
         x = torch.cat(rows, 1)  # L x M x D
         mean = x.mean(1)
-        centred = x - mean[:, None]
-        cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
+        deviations = x - mean[:, None]
+        cov = deviations.transpose(1, 2) @ deviations / (x.shape[1] - 1)
         scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
         eye = torch.eye(self.channels, dtype=cov.dtype, device=cov.device)
         # W = L^-T: by triangular solves, not a batched matrix inverse (torch 2.13's batched float64 inverse on CPU
@@ -239,6 +254,7 @@ class FeatureDensity(nn.Module):
             scale.copy_(torch.quantile(cells.flatten().double(), 0.99).square().clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
         self.score_std.copy_(scores.std().clamp_min(1e-6))
+        self.centred.fill_(float(self.centre))
 
     def _load_from_state_dict(
         self,
@@ -251,14 +267,16 @@ class FeatureDensity(nn.Module):
         error_msgs: list[str],
     ) -> None:
         """The bank takes the saved number of rows, the map the saved smoothing (a bank of bundle 0.5, which saved
-        none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too). A state dict
+        none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too); a bank saved
+        before ``centred`` existed was measured uncentred. A state dict
         written before these statistics existed (none, or the per-cell Gaussians of bundles before 0.5) loads without
         them: they keep their unfitted defaults (the owner, :class:`scripts.detector.ScoreStatistics`, marks its
         statistics as not measured, so they are measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
             self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
-            unsmoothed = {"map_sigma": torch.zeros(()), "smooth_scale": state_dict.get(prefix + "cell_scale", 1.0)}
+            unsmoothed = {"map_sigma": torch.zeros(()), "smooth_scale": state_dict.get(prefix + "cell_scale", 1.0),
+                          "centred": torch.zeros(())}
             state_dict = {**{prefix + k: torch.as_tensor(v) for k, v in unsmoothed.items()}, **state_dict}
         else:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
