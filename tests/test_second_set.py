@@ -1,10 +1,10 @@
-"""Tests of the second synthetic chest-radiograph set (``benchmarks/second_set``): determinism, layout and
-datalist as the bundle reads them, masks of every finding kind, and DICOM/PNG files through the bundle's reader."""
+"""Tests of the second synthetic chest-radiograph set (``benchmarks/second_set``): masks of every finding kind,
+the autoencoder baseline's reading of the datalist, and DICOM/PNG files through the bundle's reader (determinism,
+layout and datalist: ``tests/test_image_sets.py``, shared with the third and fourth sets)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,47 +30,9 @@ SMALL = {"n_train": 3, "n_val_normal": 1, "n_val_abnormal": 2, "n_test_normal": 
 LUNG_KINDS = ("nodule", "consolidation", "effusion", "pneumothorax")
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_second_set(tmp_path_factory.mktemp("second") / "set", seed=3, dicom_fraction=0.5, **SMALL)
-
-
-def test_same_seed_same_bytes_other_seed_other_images(small_set: Path, tmp_path: Path) -> None:
-    again = write_second_set(tmp_path / "again", seed=3, dicom_fraction=0.5, **SMALL)
-    assert _files(small_set) == _files(again)
-    image, _ = draw_image(3, "test", 0, None, 48)
-    other, _ = draw_image(4, "test", 0, None, 48)
-    assert np.abs(image - other).mean() > 0.01
-
-
-def test_image_does_not_depend_on_counts_or_format(small_set: Path, tmp_path: Path) -> None:
-    bigger = write_second_set(tmp_path / "png", seed=3, dicom_fraction=0.0, **{**SMALL, "n_test_normal": 4})
-    png = LoadRadiograph()(str(bigger / "test/normal_256/normal_0001.png"))[0].numpy()
-    first = find_datalist(small_set)["test"][1]["image"]  # normal_0001, PNG or DICOM
-    assert np.abs(LoadRadiograph()(first)[0].numpy() - png).max() <= 0.6 / 255
-
-
-def test_layout_and_datalist_read_by_the_bundle(small_set: Path, tmp_path: Path) -> None:
-    splits = find_datalist(small_set)
-    assert [len(splits[s]) for s in ("training", "validation", "test")] == [3, 3, 8]
-    assert [item["label"] for item in splits["test"]] == [0, 0] + [1] * 6
-    suffixes = {Path(item["image"]).suffix for items in splits.values() for item in items}
-    assert suffixes == {".png", ".dcm"}
-    data = json.loads((small_set / "datalist.json").read_text())
-    test = data["test"]
-    assert [item["kind"] for item in test if item["label"]] == list(KINDS)
-    assert all(item["kind"] == "normal" and "mask" not in item for item in test if not item["label"])
-    assert all((small_set / item["mask"]).is_file() for item in test if item["label"])
-    # the same folders as the ZhangLab layout, without the datalist
-    layout = tmp_path / "layout"
-    shutil.copytree(small_set, layout, ignore=shutil.ignore_patterns("datalist.json"))
-    from_layout = find_datalist(layout)
-    names = {s: [Path(i["image"]).name for i in items] for s, items in from_layout.items()}
-    assert names == {s: [Path(i["image"]).name for i in items] for s, items in splits.items()}
 
 
 def test_ae_baseline_takes_kinds_and_masks_from_the_datalist(small_set: Path) -> None:
@@ -95,13 +57,6 @@ def test_ae_baseline_scales_images_as_the_bundle_does(small_set: Path) -> None:
     np.testing.assert_allclose(low, 0.0, atol=0.02)
     np.testing.assert_allclose(high, 1.0, atol=0.02)
     assert float(np.abs(as_loaded - scaled).max()) > 0.05  # the scaling changed the images
-
-
-def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty"):
-        write_second_set(tmp_path, **SMALL)
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_command_line_writes_the_counts(tmp_path: Path) -> None:
