@@ -406,6 +406,20 @@ def test_the_residual_map_and_the_papers_scores_need_no_feature_statistics() -> 
         AnomalyDetector(CopyGenerator(), nn.Identity(), img_size=SIZE, feature_depth=2)
 
 
+def test_centred_detector_traces_with_the_image_mean_computed_from_each_input() -> None:
+    """The export traces the detector on one example; the centring mean must be an operation on the input, not a
+    constant of the example: the traced detector scores other images (and batch sizes) as the eager one does."""
+    detector = copy_detector(score_kind="feature", map_kind="feature", feature_centre=True)
+    with torch.no_grad():
+        detector.update_statistics(detector.raw_scores(textured(50, seed=0)))
+        traced = torch.jit.trace(detector, textured(1, seed=7))
+        x = torch.cat([textured(2, seed=8) + 0.3, textured(2, seed=9, lesion=True)])  # normals, brighter overall
+        for got, want in zip(traced(x), detector(x)):
+            torch.testing.assert_close(got, want, atol=1e-5 * float(want.abs().max()), rtol=1e-5)
+        scores = detector(x)[1]
+        assert float(scores[2:].min()) > float(scores[:2].max())  # the lesions above the brighter normals
+
+
 def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(caplog) -> None:
     source = copy_detector(score_kind="combined", map_kind="feature")
     with torch.no_grad():
