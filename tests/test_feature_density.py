@@ -613,3 +613,25 @@ def test_augmented_copies_join_the_bank_each_a_copy_of_its_image_and_the_same_at
     compute_score_statistics(plain, loader, "cpu", max_images=4, feature_max_images=10,
                              augmentation=augmentation(), augmented_copies=0)
     assert plain.statistics.density.bank.shape == (16, 10, 4)
+
+
+def test_augmented_copies_under_bf16_autocast_are_the_fp32_ones() -> None:
+    """With ``amp`` the augmentation runs outside autocast (MONAI's affine grid goes through numpy, which has no
+    bf16; under autocast it raised 'unsupported ScalarType BFloat16' at the first epoch of ``--amp true``), so the
+    augmented copies, and the bank, are those of fp32 up to bf16 rounding."""
+    from monai.data import DataLoader
+    from monai.transforms import RandAffine
+
+    from scripts.handlers import compute_score_statistics
+
+    loader = DataLoader([{"image": im} for im in textured(6, seed=9)], batch_size=3)
+    banks = []
+    for amp in (False, True):
+        detector = copy_detector(score_kind="feature", map_kind="feature", feature_subcells=2)
+        augmentation = RandAffine(prob=1.0, translate_range=(3, 3), scale_range=(0.05, 0.05), padding_mode="border")
+        compute_score_statistics(detector, loader, "cpu", max_images=3, feature_max_images=6, amp=amp,
+                                 augmentation=augmentation, augmented_copies=1, seed=5)
+        banks.append(detector.statistics.density.bank.float())
+    assert banks[1].shape == banks[0].shape == (16, 12, 4)
+    scale = banks[0].abs().max().item()
+    torch.testing.assert_close(banks[1], banks[0], rtol=0, atol=0.05 * scale)

@@ -31,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from bundle_utils import CONFIGS, TINY, workflow
 from scripts.data.phantom import synthesize_radiograph
 from scripts.data.transforms import LoadRadiograph
-from scripts.inference import LoadRadiographOrErrord, choose_input, list_inputs
+from scripts.inference import AutocastInferer, LoadRadiographOrErrord, choose_input, list_inputs
 from scripts.outputs.nifti import write_gzip_huffman
 from scripts.outputs.overlay import render_overlay
 from scripts.outputs.writers import AnomalyMapWriter, output_stem
@@ -358,6 +358,36 @@ def test_csv_has_one_row_per_input_with_the_detectors_scores(results, folder, mo
         assert row["model_version"] == METADATA["version"] and row["score_kind"] == "reconstruction"
         decisions.add(row["decision"])
     assert decisions == {"normal", "abnormal"}
+
+
+def test_amp_from_the_command_line_runs_the_detector_in_bf16_on_the_cpu(folder, model, tmp_path) -> None:
+    """``--amp true`` (a string) scores under bf16 autocast on the CPU (MONAI's evaluator autocasts CUDA only, so
+    before it changed nothing): every score close to fp32's but not all identical, the maps written in fp32."""
+    out = tmp_path / "amp"
+    run(run_inference(folder["root"], out, model["path"], num_workers=0, batch_size=3, amp="true"))
+    rows = read_csv(out / "anomaly_scores.csv")
+    differences = []
+    for path in folder["good"]:
+        expected_score, expected_map = model["expected"][path]
+        assert rows[str(path)]["status"] == "ok"
+        differences.append(abs(float(rows[str(path)]["score"]) - expected_score))
+        amap = nib.load(out / rows[str(path)]["anomaly_map"])
+        assert amap.get_data_dtype() == np.float32 and np.abs(amap.get_fdata() - expected_map.T).max() < 0.05 * np.abs(expected_map).max()
+    assert max(differences) < 0.05 and max(differences) > 1e-6
+
+
+def test_autocast_inferer_autocasts_on_the_inputs_device_and_returns_fp32() -> None:
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            self.state = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+            y = torch.nn.functional.linear(x, torch.eye(x.shape[-1]))
+            return y, torch.arange(3)
+
+    probe = Probe()
+    for amp, enabled in (("true", True), ("false", False), (False, False)):
+        out, index = AutocastInferer(amp)(torch.rand(2, 1, 4, 4) + 1 / 3, probe)
+        assert probe.state[0] is enabled and (not enabled or probe.state[1] == torch.bfloat16)
+        assert out.dtype == torch.float32 and index.dtype == torch.int64
 
 
 def test_bad_files_are_reported_and_the_rest_processed(results, folder) -> None:

@@ -206,6 +206,15 @@ def test_queue_read_is_fp32_under_bf16_autocast():
     assert_close(out, queue(queries.bfloat16().float()), rtol=1e-6)
 
 
+def test_queue_read_is_contiguous_batch_first():
+    """A linear layer on the read folds batch and positions into one product (a permuted view made bf16 copy weights)."""
+    queue = SpaceAwareMemoryQueue(num_positions=4, num_slots=8, slot_dim=6, shrink_thres=2)
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = queue(torch.randn(5, 4, 6).to(dtype))
+        assert out.shape == (5, 4, 6) and out.is_contiguous()
+
+
 def test_queue_fifo_write_wraps_around():
     positions, slots, dim = 3, 5, 2
     queue = SpaceAwareMemoryQueue(positions, slots, dim)

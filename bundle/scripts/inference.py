@@ -6,6 +6,7 @@ DICOM and NIfTI files with the :class:`~scripts.detector.AnomalyDetector` as its
 
 - :func:`list_inputs` lists the files; :class:`LoadRadiographOrErrord` loads each one, or on failure
   returns a placeholder image and the reason, so one bad file does not stop the run;
+- :class:`AutocastInferer` runs the detector under mixed precision on any device when ``amp`` is set;
 - postprocessing: :class:`SplitOutputd` names the network outputs, :class:`ResizeToSourced` brings the
   anomaly map back to the source's original size;
 - the results are written by the handlers of :mod:`scripts.outputs.writers`.
@@ -25,14 +26,16 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, load_decathlon_datalist
+from monai.inferers import Inferer
 from monai.transforms import MapTransform, Resize
 from monai.utils import ImageMetaKey, MetaKeys, convert_to_tensor
 
 from .data.datalist import is_image_file
 from .data.formats import DICOM_META_KEYWORDS, RadiographLoadError
 from .data.transforms import LoadRadiographd
+from .engines import autocast_context
 
-__all__ = ["choose_input", "list_inputs", "LoadRadiographOrErrord", "SplitOutputd", "ResizeToSourced"]
+__all__ = ["choose_input", "list_inputs", "LoadRadiographOrErrord", "AutocastInferer", "SplitOutputd", "ResizeToSourced"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,31 @@ class LoadRadiographOrErrord(MapTransform):
 
 
 # ------------------------------------------------------------------------------------------ postprocessing
+
+
+class AutocastInferer(Inferer):
+    """``network(inputs)`` under :func:`~scripts.engines.autocast_context` (bf16 on the CPU and on GPUs that support
+    it, fp16 otherwise) when ``amp``, floating outputs returned in fp32 for the writers.
+
+    MONAI's ``SupervisedEvaluator`` applies its own ``amp`` as CUDA autocast only, so on the CPU it changed nothing;
+    the inference config passes ``amp`` here instead and leaves the evaluator's off.
+
+    Args:
+        amp: mixed precision; may be the ``"true"``/``"false"`` string of the command line.
+    """
+
+    def __init__(self, amp: bool | str = False) -> None:
+        super().__init__()
+        self.amp = amp
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """``inputs``: ``B x 1 x H x W``; returns what ``network`` returns (the detector: ``(B x 1 x H x W map, B
+        scores)``)."""
+        with autocast_context(inputs.device, self.amp):
+            outputs = network(inputs, *args, **kwargs)
+        if isinstance(outputs, (tuple, list)):
+            return type(outputs)(o.float() if torch.is_floating_point(o) else o for o in outputs)
+        return outputs.float() if torch.is_floating_point(outputs) else outputs
 
 
 class SplitOutputd(MapTransform):
