@@ -84,9 +84,6 @@ def compute_score_statistics(
     for batch in data_loader:
         x = convert_to_tensor(batch["image"], track_meta=False).to(device)[: cap - seen]
         scored = max(0, min(x.shape[0], max_images - seen))
-        # augmented outside autocast: MONAI's affine grid goes through numpy, which has no bf16
-        moved_copies = [torch.stack([convert_to_tensor(augmentation(image), track_meta=False) for image in x])
-                        for _ in augmented]
         with autocast_context(device, amp):
             if scored:
                 raw = detector.raw_scores(x[:scored])
@@ -96,7 +93,9 @@ def compute_score_statistics(
                     pooled.append(raw["pooled_features"].float().cpu())
             if with_features and scored < x.shape[0]:
                 pooled.append(detector.pooled_features(x[scored:]).float().cpu())
-            for copy, moved in zip(augmented, moved_copies):
+        for copy in augmented:  # augmented outside autocast: MONAI's affine grid goes through numpy, which has no bf16
+            moved = torch.stack([convert_to_tensor(augmentation(image), track_meta=False) for image in x])
+            with autocast_context(device, amp):
                 copy.append(detector.pooled_features(moved).float().cpu())
         seen += x.shape[0]
         if seen >= cap:
