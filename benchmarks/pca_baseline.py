@@ -7,7 +7,8 @@ Usage (from the repository root)::
 
 Without ``--dataset_dir`` the default synthetic set (``scripts.data.synthetic``, ``--seed``) is written to a
 temporary folder first.  PCA is fitted on the training normals and scores the test split.  Finding kinds come
-from the synthetic set's ``findings.csv``; for other datasets every abnormal image counts as ``abnormal``.
+from the synthetic set's ``findings.csv``, else from the datalist's ``kind`` key; without either every abnormal image
+counts as ``abnormal``.
 Images are loaded as the bundle loads them (``scripts.data.transforms.LoadRadiograph``: 8-bit PNG/JPEG scaled by 1/255,
 DICOM through its display pipeline). With ``--intensity_percentiles LOW HIGH`` each image is first resized to
 ``size x size`` (area) and its intensities scaled as the bundle's preprocessing scales them (the percentiles to
@@ -66,7 +67,7 @@ def run(dataset_dir: Path, n_components: int, size: int, percentiles: Sequence[f
     train_images = [load(item["image"]) for item in splits["training"]]
     test_images = [load(item["image"]) for item in test]
     labels = [item["label"] for item in test]
-    test_kinds = [kinds.get(item["image"], "abnormal" if item["label"] else "normal") for item in test]
+    test_kinds = [kinds.get(item["image"], item.get("kind") or ("abnormal" if item["label"] else "normal")) for item in test]
     auc = pca_auc_by_finding(train_images, test_images, labels, test_kinds, n_components=n_components, size=size)
     return {
         "dataset_dir": str(dataset_dir),

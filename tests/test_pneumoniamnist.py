@@ -56,3 +56,16 @@ def test_refuses_non_empty_output_and_other_files(npz: Path, tmp_path: Path) -> 
     np.savez(tmp_path / "partial.npz", **partial)
     with pytest.raises(ValueError, match="val_labels"):
         write_pneumoniamnist(tmp_path / "partial.npz", tmp_path / "new")
+
+
+def test_pca_floor_reports_the_datalist_kind(npz: Path, tmp_path: Path) -> None:
+    """The PCA baseline names the converted folder's abnormal images by their datalist ``kind`` (there is no
+    ``findings.csv``), and its per-kind AUC is the overall one when there is one kind."""
+    from benchmarks.pca_baseline import run
+
+    out = tmp_path / "pm"
+    write_pneumoniamnist(npz, out)
+    result = run(out, n_components=2, size=16)
+    assert set(result["auc"]) == {"overall", "pneumonia"}
+    assert result["auc"]["pneumonia"] == result["auc"]["overall"]
+    assert (result["n_test_normal"], result["n_test_abnormal"]) == (2, 3)
