@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> dict:
         "dataset_dir": str(args.dataset_dir), "size": args.size, "minutes": args.minutes, "threads": args.threads,
         "intensity_percentiles": args.intensity_percentiles, "cpu": cpu_line(), "n_train": len(train_images), **log,
         "image_auc": image_auc,
+        "per_image": [{"image": item["image"], "label": int(item["label"]), "kind": kind, "ae": float(a), "pca": float(b)}
+                      for item, kind, a, b in zip(test, kinds, ae, pca)],
     }
     if any(mask_paths):
         masks = np.zeros_like(test_images, dtype=bool)
@@ -214,7 +216,8 @@ def main() -> None:
     parser.add_argument("--intensity_percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="scale each image's LOW-HIGH percentiles to [0, 1] as the bundle does "
                         "(default: as loaded)")
-    parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    parser.add_argument("--json", type=Path, help="also write the result to this JSON file, with each test image's "
+                        "scores under 'per_image' (for paired comparisons with the bundle's scores.csv)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run(args)
@@ -227,7 +230,7 @@ def main() -> None:
               f"mean intensity {r['mean_intensity']:.3f}")
     for kind, value in result.get("pixel_auroc", {}).items():
         print(f"  pixel AUROC {kind:14s} {value:.3f}")
-    print(json.dumps(result))
+    print(json.dumps({key: value for key, value in result.items() if key != "per_image"}))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

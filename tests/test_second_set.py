@@ -130,3 +130,24 @@ def test_png_and_dicom_of_one_image_display_alike(tmp_path: Path, bits: int, pho
     # MONOCHROME1 stores dense (bright) pixels as low values
     sign = np.corrcoef(stored.ravel(), image.ravel())[0, 1]
     assert sign < -0.99 if photometric == "MONOCHROME1" else sign > 0.99
+
+
+def test_ae_baseline_keeps_each_test_images_scores(small_set: Path) -> None:
+    """``per_image`` holds every test image's autoencoder and PCA scores in the datalist's order, and they are the
+    scores the reported AUCs were computed from (so a paired comparison with the bundle's scores.csv can use them)."""
+    import argparse
+
+    from benchmarks.ae_baseline import run
+    from scripts.metrics import auc_or_nan
+
+    args = argparse.Namespace(dataset_dir=small_set, minutes=0.02, size=32, batch_size=4, threads=1, seed=0,
+                              intensity_percentiles=None)
+    result = run(args)
+    test = find_datalist(small_set)["test"]
+    rows = result["per_image"]
+    assert [row["image"] for row in rows] == [item["image"] for item in test]
+    assert [row["label"] for row in rows] == [item["label"] for item in test]
+    assert [row["kind"] for row in rows] == ["normal", "normal", *KINDS]
+    labels = [row["label"] for row in rows]
+    assert auc_or_nan([row["ae"] for row in rows], labels) == pytest.approx(result["image_auc"]["overall"]["ae"])
+    assert auc_or_nan([row["pca"] for row in rows], labels) == pytest.approx(result["image_auc"]["overall"]["pca"])
