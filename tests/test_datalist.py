@@ -22,6 +22,7 @@ CHEXPERT = {
     "normal": "normal_256",
     "abnormal": "abnormal_256",
 }
+KAGGLE = {"training": "train", "validation": "val", "test": "test", "normal": "NORMAL", "abnormal": "PNEUMONIA"}
 # (split, class, file names); the training abnormal image must be dropped
 FILES = {
     ("training", "normal"): ["n2.png", "n1.png", "n3.jpeg"],
@@ -81,6 +82,22 @@ def test_chexpert_layout_gives_the_same_items(tmp_path):
     chexpert = find_datalist(_make_layout(tmp_path / "chexpert", CHEXPERT))
     assert _summary(chexpert) == _summary(zhang) == EXPECTED
     assert "our_test_256_pa" in chexpert["test"][0]["image"]
+
+
+def test_kaggle_layout_gives_the_same_items(tmp_path):
+    """The Kaggle download (chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}) is read as it unpacks; its train/
+    folder does not make it the ZhangLab layout, whose class folders it lacks."""
+    root = _make_layout(tmp_path / "chest_xray", KAGGLE)
+    (root / "__MACOSX").mkdir()  # what the zip also unpacks
+    kaggle = find_datalist(root)
+    assert _summary(kaggle) == EXPECTED
+    assert kaggle["test"][2]["image"] == os.path.abspath(root / "test/PNEUMONIA/tp1.png")
+
+
+def test_split_folder_without_class_folders_is_no_layout(tmp_path):
+    _png(tmp_path / "data" / "train" / "images" / "x.png")
+    error = _raises(tmp_path / "data", "no known layout")
+    assert "NORMAL" in str(error) and "normal_256" in str(error)  # names the layouts it looks for
 
 
 def test_datalist_json_gives_the_same_items(tmp_path):

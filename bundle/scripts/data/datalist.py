@@ -9,7 +9,11 @@
   size, non-zero on the finding), which evaluation scores the anomaly maps against, and ``"kind"``, its finding
   kind (any string), which evaluation reports the AUC of separately;
 - the ZhangLab layout ``<root>/{train,val,test}/{normal_256,pneumonia_256}/*``;
-- the CheXpert layout ``<root>/{train_256_pa,val_256_pa,our_test_256_pa}/{normal_256,abnormal_256}/*``.
+- the CheXpert layout ``<root>/{train_256_pa,val_256_pa,our_test_256_pa}/{normal_256,abnormal_256}/*``;
+- the layout of the Kaggle download of the ZhangLab images ("Chest X-Ray Images (Pneumonia)",
+  ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg``).
+
+A folder is read in the first layout that has one of its class folders inside one of its split folders.
 
 Image files are those :func:`scripts.data.formats.is_supported_file` accepts: ``.png .jpg .jpeg .dcm .dicom .nii
 .nii.gz`` (any case), and extensionless files that carry the DICOM preamble (``DICM`` at byte 128); hidden
@@ -47,7 +51,8 @@ DATALIST_NAME = "datalist.json"
 _HINT = (
     "Point dataset_dir at a datalist JSON (or a folder holding datalist.json), or at a folder in the ZhangLab "
     "layout <root>/{train,val,test}/{normal_256,pneumonia_256}/ or the CheXpert layout "
-    "<root>/{train_256_pa,val_256_pa,our_test_256_pa}/{normal_256,abnormal_256}/; "
+    "<root>/{train_256_pa,val_256_pa,our_test_256_pa}/{normal_256,abnormal_256}/ or the Kaggle layout "
+    "<root>/{train,val,test}/{NORMAL,PNEUMONIA}/; "
     "or write the synthetic set with `python -m scripts.synthetic --output_dir DIR` (from bundle/)."
 )
 
@@ -74,6 +79,7 @@ LAYOUTS: tuple[FolderLayout, ...] = (
         "normal_256",
         "abnormal_256",
     ),
+    FolderLayout("Kaggle chest_xray", {"training": "train", "validation": "val", "test": "test"}, "NORMAL", "PNEUMONIA"),
 )
 
 
@@ -222,7 +228,8 @@ def find_datalist(dataset_dir: str | Path) -> dict[str, list[dict]]:
     if not entries:
         raise DatasetError(f"Dataset folder {path} is empty. {_HINT}")
     for layout in LAYOUTS:
-        if any((path / folder).is_dir() for folder in layout.splits.values()):
+        if any((path / folder / cls).is_dir() for folder in layout.splits.values()
+               for cls in (layout.normal, layout.abnormal)):
             return _from_layout(path, layout)
     raise DatasetError(
         f"Dataset folder {path} (holding {entries[:10]}) has no {DATALIST_NAME} and no known layout. {_HINT}"
@@ -250,7 +257,7 @@ def write_datalist(dataset_dir: str | Path, output_file: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m scripts.datalist --dataset_dir DIR --output FILE``."""
     parser = argparse.ArgumentParser(description="Write a MONAI datalist JSON for a dataset folder.")
-    parser.add_argument("--dataset_dir", required=True, help="dataset folder (ZhangLab/CheXpert layout) or datalist")
+    parser.add_argument("--dataset_dir", required=True, help="dataset folder (ZhangLab, CheXpert or Kaggle layout) or datalist")
     parser.add_argument("--output", required=True, help="datalist JSON to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
