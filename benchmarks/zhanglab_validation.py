@@ -24,23 +24,18 @@ import numpy as np
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path[:0] = [str(BUNDLE)]  # scripts.*
 
-from scripts.data.datalist import is_image_file  # noqa: E402
+from scripts.data.datalist import KAGGLE_LAYOUT, list_images  # noqa: E402
 
 logger = logging.getLogger("zhanglab_validation")
 
-CLASSES = {"NORMAL": 0, "PNEUMONIA": 1}
 KINDS = ("normal", "pneumonia")
 
 
 def _items(root: Path, split: str) -> list[dict]:
     """The images of ``root/split/{NORMAL,PNEUMONIA}`` as sorted datalist items (empty if the split is missing)."""
-    items = []
-    for folder, label in CLASSES.items():
-        path = root / split / folder
-        if path.is_dir():
-            items += [{"image": str(p.resolve()), "label": label, "kind": KINDS[label]}
-                      for p in sorted(path.iterdir()) if is_image_file(p)]
-    return items
+    folders = (KAGGLE_LAYOUT.normal, KAGGLE_LAYOUT.abnormal)
+    return [{"image": image, "label": label, "kind": KINDS[label]}
+            for label, folder in enumerate(folders) for image in list_images(root / split / folder)]
 
 
 def zhanglab_datalist(root: str | Path, val_normal: int = 100, val_abnormal: int = 100,

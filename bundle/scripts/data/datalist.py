@@ -41,7 +41,8 @@ from monai.data import load_decathlon_datalist
 from .formats import is_supported_file
 
 __all__ = [
-    "DATALIST_NAME", "DatasetError", "FolderLayout", "LAYOUTS", "SPLITS", "is_image_file", "find_datalist", "write_datalist",
+    "DATALIST_NAME", "DatasetError", "FolderLayout", "KAGGLE_LAYOUT", "LAYOUTS", "SPLITS", "is_image_file", "list_images",
+    "find_datalist", "write_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class FolderLayout:
     abnormal: str
 
 
+KAGGLE_LAYOUT = FolderLayout(
+    "Kaggle chest_xray", {"training": "train", "validation": "val", "test": "test"}, "NORMAL", "PNEUMONIA"
+)
 LAYOUTS: tuple[FolderLayout, ...] = (
     FolderLayout("ZhangLab", {"training": "train", "validation": "val", "test": "test"}, "normal_256", "pneumonia_256"),
     FolderLayout(
@@ -79,7 +83,7 @@ LAYOUTS: tuple[FolderLayout, ...] = (
         "normal_256",
         "abnormal_256",
     ),
-    FolderLayout("Kaggle chest_xray", {"training": "train", "validation": "val", "test": "test"}, "NORMAL", "PNEUMONIA"),
+    KAGGLE_LAYOUT,
 )
 
 
@@ -89,7 +93,7 @@ def is_image_file(path: str | Path) -> bool:
     return not Path(path).name.startswith(".") and is_supported_file(path)
 
 
-def _list_images(folder: Path) -> list[str]:
+def list_images(folder: Path) -> list[str]:
     """Sorted absolute paths of the image files directly inside ``folder`` (empty if it is missing)."""
     if not folder.is_dir():
         return []
@@ -142,8 +146,8 @@ def _same_keys(items: list[dict]) -> list[dict]:
 def _from_layout(root: Path, layout: FolderLayout) -> dict[str, list[dict]]:
     splits = {}
     for split, folder in layout.splits.items():
-        items = [{"image": p, "label": 0} for p in _list_images(root / folder / layout.normal)]
-        items += [{"image": p, "label": 1} for p in _list_images(root / folder / layout.abnormal)]
+        items = [{"image": p, "label": 0} for p in list_images(root / folder / layout.normal)]
+        items += [{"image": p, "label": 1} for p in list_images(root / folder / layout.abnormal)]
         splits[split] = items
     logger.info("Found the %s layout in %s", layout.name, root)
     return _finish(splits, root)
