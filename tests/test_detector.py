@@ -360,3 +360,20 @@ def test_residual_is_smoothed_in_float32_under_autocast() -> None:
             got = detector.raw_scores(x)["residual"]
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("configs", [["train.json"], ["train.json", "evaluate.json"]])
+def test_configs_build_the_detector_on_the_device_of_its_generator(configs: list[str]) -> None:
+    """``train.json`` puts the generator and discriminator on ``device`` and builds the detector around them; its own
+    statistics, feature bank and smoothing kernel must be there too, or the first validation on a GPU fails with
+    'Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor)'. The ``meta`` device stands in for
+    the GPU, which the test machines lack."""
+    from tests.bundle_utils import TINY, workflow
+
+    wf = workflow(configs, "train", "training", **{**TINY, "device": "meta"})
+    detector = wf.parser.get_parsed_content("detector")
+    tensors = dict(detector.named_parameters()) | dict(detector.named_buffers())
+    assert "smoothing_kernel" in tensors and "statistics.pixel_mean" in tensors
+    assert any(name.startswith("statistics.density.") for name in tensors)
+    elsewhere = sorted(name for name, t in tensors.items() if t.device.type != "meta")
+    assert not elsewhere

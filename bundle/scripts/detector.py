@@ -262,7 +262,7 @@ class AnomalyDetector(nn.Module):
     images exceed (so below 1 on normal cells, clipped at ``FEATURE_MAP_MAX``), bilinearly upsampled to the image
     (:meth:`scripts.feature_density.FeatureDensity.map`).
     The statistics and the decision threshold are buffers, so they are saved in the state dict with the weights and
-    travel with an exported TorchScript module.
+    travel with an exported TorchScript module; they are made on the device of the generator's weights.
 
     Args:
         generator: a SimSID generator whose ``forward(x)`` returns a dict with ``"recon"`` (and, with
@@ -356,6 +356,11 @@ class AnomalyDetector(nn.Module):
         # without data-dependent branches; not in the state dict, it follows from residual_sigma
         kernel = gaussian_1d(torch.tensor(residual_sigma), truncated=4.0) if residual_sigma > 0 else torch.ones(1)
         self.register_buffer("smoothing_kernel", torch.outer(kernel, kernel).float()[None, None], persistent=False)
+        # the statistics and the kernel are made here on the CPU: they join the generator on its device, so a
+        # detector built around a generator already on a GPU scores there (train.json, evaluate.json)
+        weight = next(generator.parameters(), None)
+        if weight is not None:
+            self.to(weight.device)
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
@@ -474,12 +479,14 @@ class AnomalyDetector(nn.Module):
         statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W), then the mean and std of the
         discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the new per-pixel statistics
         give."""
+        device = self.statistics.pixel_mean.device  # the values come gathered on the CPU; measured where they live
+        raw = {key: value.to(device) for key, value in raw.items()}
         density = self.statistics.density
         if density is not None:
             density.fit(raw["pooled_features"], raw.get("augmented_features"))
         residual = raw["residual"]
         self.statistics.update_pixels(residual)
-        recon_error = self.residual_score(residual.to(self.statistics.pixel_mean.device))
+        recon_error = self.residual_score(residual)
         self.statistics.update(raw["disc_logit"], recon_error)
 
     def normalise(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
