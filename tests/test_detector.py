@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
+from bundle_utils import TINY, workflow
 from scripts.detector import AnomalyDetector, IntensitySettingsMismatchError, ScoreStatistics
 from scripts.handlers import compute_score_statistics
 
@@ -368,8 +369,6 @@ def test_configs_build_the_detector_on_the_device_of_its_generator(configs: list
     statistics, feature bank and smoothing kernel must be there too, or the first validation on a GPU fails with
     'Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor)'. The ``meta`` device stands in for
     the GPU, which the test machines lack."""
-    from tests.bundle_utils import TINY, workflow
-
     wf = workflow(configs, "train", "training", **{**TINY, "device": "meta"})
     detector = wf.parser.get_parsed_content("detector")
     tensors = dict(detector.named_parameters()) | dict(detector.named_buffers())
