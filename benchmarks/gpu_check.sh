@@ -7,7 +7,7 @@
 #     OUT=/tmp/gpu_check benchmarks/gpu_check.sh /data/zhanglab
 # Environment: OUT (results folder, required), TRAIN_S (training seconds, 240), TOTAL_S (the whole run, 570),
 # BENCH_ARGS (bench_gpu.py's arguments, "--sizes 128 --channels-last off"), WORKERS (--num_workers, 6),
-# EXTRA (more overrides for training and evaluation, e.g. "--img_size 64").
+# EXTRA (more config overrides for every stage, e.g. "--img_size 64").
 # Writes under OUT: log.txt (stages, environment, return codes, the bench table), train.log, eval.log,
 # export_infer.log, and eval/ (metrics.json, scores.csv, plots) and anomaly_scores.csv; the checkpoints stay in
 # OUT/work. Every stage is bounded by what is left of TOTAL_S, so the run ends in time even if a stage hangs.
@@ -65,10 +65,10 @@ SIZE=$(python -c "import sys; sys.path.insert(0, '.'); from scripts.checkpoint i
 {
   timeout "$(left 120)" python -m monai.bundle ckpt_export network_def --filepath "$W/model.ts" --ckpt_file "$M/model.pt" \
     --ckpt_path "$M/model.pt" --meta_file configs/metadata.json --config_file configs/inference.json --use_trace true \
-    --input_shape "[1, 1, $SIZE, $SIZE]"
+    --input_shape "[1, 1, $SIZE, $SIZE]" $EXTRA
   echo "export rc $?"
   timeout "$(left 120)" python -m monai.bundle run --config_file configs/inference.json --logging_file configs/logging.conf \
-    --input_dir "$W/in" --output_dir "$W/out" --ckpt_dir "$M"
+    --input_dir "$W/in" --output_dir "$W/out" --ckpt_dir "$M" $EXTRA
   echo "inference rc $?"
   timeout "$(left 60)" python - "$W/model.ts" "$SIZE" <<'PY'
 import sys, torch
