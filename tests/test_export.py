@@ -116,6 +116,17 @@ def test_exported_module_returns_the_declared_outputs(bundle) -> None:
         assert torch.equal(getattr(module.statistics.density, name), getattr(bundle["detector"].statistics.density, name))
 
 
+def test_exported_module_holds_no_device_constant(bundle) -> None:
+    """A traced module keeps the device of every tensor made inside ``forward`` as a constant (``torch.arange(n,
+    device=x.device)`` traced on the CPU makes CPU tensors on a GPU too). The export is traced wherever the user runs
+    ``ckpt_export`` and deployed on a GPU or a CPU: its graph must create no tensor on a fixed device."""
+    module, _, _ = load_like_deploy(bundle["root"] / "models" / "model.ts")
+    graph = str(module.inlined_graph)
+    assert "aten::" in graph and "statistics" in str(module.code) + graph  # the whole detector's graph is read
+    fixed = [line.strip() for line in graph.splitlines() if ": Device = prim::Constant" in line]
+    assert not fixed
+
+
 def test_deploy_style_run_of_a_dicom_matches_the_eager_bundle(bundle, tmp_path) -> None:
     module, _, parser = load_like_deploy(bundle["root"] / "models" / "model.ts")
     preprocessing = parser.get_parsed_content("preprocessing")
