@@ -376,3 +376,19 @@ def test_configs_build_the_detector_on_the_device_of_its_generator(configs: list
     assert any(name.startswith("statistics.density.") for name in tensors)
     elsewhere = sorted(name for name, t in tensors.items() if t.device.type != "meta")
     assert not elsewhere
+
+
+def test_statistics_gathered_on_the_cpu_are_measured_on_the_detectors_device() -> None:
+    """On a GPU the score statistics' inputs come gathered on the CPU (``compute_score_statistics``) while the
+    detector and its reconstruction scores live on the GPU; every statistic (feature bank, per-pixel, image-level) is
+    measured on the detector's device. The ``meta`` device stands in for the GPU."""
+    wf = workflow(["train.json"], "train", "training", **{**TINY, "device": "meta"})
+    detector = wf.parser.get_parsed_content("detector")
+    density = detector.statistics.density
+    n, size = 12, TINY["img_size"]
+    features = (n, density.channels, density.grid, density.grid)
+    detector.update_statistics({"pooled_features": torch.randn(features), "augmented_features": torch.randn(features),
+                                "residual": torch.randn(n, 1, size, size), "disc_logit": torch.randn(n)})
+    statistics = dict(detector.statistics.named_buffers())
+    assert statistics["ready"].device.type == "meta" and statistics["density.bank"].shape[1] == 2 * n
+    assert not sorted(name for name, t in statistics.items() if t.device.type != "meta")

@@ -161,12 +161,13 @@ class ScoreStatistics(nn.Module):
         self.pixel_std.copy_(residual.std(0, keepdim=True, unbiased=residual.shape[0] > 1))
 
     def update(self, disc_logit: torch.Tensor, recon_error: torch.Tensor) -> None:
-        """Measure the image-level statistics from raw scores of N training images (each of shape N).
+        """Measure the image-level statistics from raw scores of N training images (each of shape N, on any device:
+        the logits come gathered on the CPU, the reconstruction scores from the per-pixel statistics' device).
 
         ``recon_error`` must be scored with the per-pixel statistics already measured
         (:meth:`AnomalyDetector.update_statistics` does both in order).
         """
-        raw = torch.stack([disc_logit.float(), recon_error.float()]).to(self.mean.device)
+        raw = torch.stack([disc_logit.float().to(self.mean.device), recon_error.float().to(self.mean.device)])
         self.mean.copy_(raw.mean(1))
         self.std.copy_(raw.std(1, unbiased=raw.shape[1] > 1).clamp_min(1e-6))
         self.ready.fill_(True)
@@ -479,14 +480,12 @@ class AnomalyDetector(nn.Module):
         statistics of the smoothed residuals ``"residual"`` (N x 1 x H x W), then the mean and std of the
         discriminator logits ``"disc_logit"`` (N) and of the reconstruction scores the new per-pixel statistics
         give."""
-        device = self.statistics.pixel_mean.device  # the values come gathered on the CPU; measured where they live
-        raw = {key: value.to(device) for key, value in raw.items()}
         density = self.statistics.density
         if density is not None:
             density.fit(raw["pooled_features"], raw.get("augmented_features"))
         residual = raw["residual"]
         self.statistics.update_pixels(residual)
-        recon_error = self.residual_score(residual)
+        recon_error = self.residual_score(residual.to(self.statistics.pixel_mean.device))
         self.statistics.update(raw["disc_logit"], recon_error)
 
     def normalise(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
