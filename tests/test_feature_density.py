@@ -13,6 +13,7 @@ from torch import nn
 
 from scripts.detector import FEATURE_MAP_MAX, AnomalyDetector, FeatureSettingsMismatchError
 from scripts.feature_density import FeatureDensity
+from scripts.metrics import auc_or_nan
 from scripts.networks import SimSIDGenerator
 
 SIZE = 32
@@ -79,7 +80,8 @@ def test_fit_and_distance_follow_the_definition() -> None:
     got = density.distance(test).numpy().reshape(5, -1)
     want = whitened_nearest(samples[:400], test, shrinkage)
     np.testing.assert_allclose(got, want, rtol=5e-3, atol=5e-3 * want.max())
-    assert density.image_score(density.distance(test)).tolist() == pytest.approx(got.max(1), rel=1e-6)
+    standardised = (got - density.distance_mean.numpy()) / density.distance_scale.numpy()
+    assert density.image_score(density.distance(test)).tolist() == pytest.approx(standardised.max(1), rel=1e-5)
     # whitening: W W^T is the shrunk precision, and the bank is the training descriptors centred and whitened
     cells = samples[:400].double().flatten(2).permute(2, 0, 1)
     torch.testing.assert_close(density.mean, cells.mean(1).float())
@@ -127,13 +129,62 @@ def test_score_statistics_are_those_of_images_the_bank_does_not_hold() -> None:
     train, fresh = samples[:300], samples[300:]
     density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
     density.fit(train, train + 1e-4 * torch.randn_like(train))  # copies all but identical to their images
-    assert float(density.image_score(density.distance(train)).max()) < 1e-3  # in sample: the image itself
+    assert float(density.distance(train).max()) < 1e-3  # in sample: the image itself
     fresh_distance = density.distance(fresh)
     fresh_scores = density.image_score(fresh_distance)
     assert float(density.score_mean) == pytest.approx(float(fresh_scores.mean()), rel=0.15)
     assert float(density.score_std) == pytest.approx(float(fresh_scores.std()), rel=0.35)
     share_above = float((fresh_distance > density.cell_scale).float().mean())
     assert 0.003 < share_above < 0.03  # cell_scale: the 99th percentile of a normal cell's distance
+
+
+def test_each_cell_is_standardised_by_the_distances_of_left_out_normal_images() -> None:
+    """``distance_mean`` and ``distance_scale`` are, per cell, the mean of the left-out distances of the training
+    images (each against the bank without its own rows, the whitening measured on all) and
+    ``sqrt(var_c + mean over cells of var)`` of them (the spread shrunk towards the cells' common one)."""
+    channels, grid, shrinkage = 3, 2, 0.3
+    samples, _, _ = correlated_features(60, channels, grid, seed=11)
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=shrinkage)
+    density.fit(samples)
+    cells = samples.double().flatten(2).permute(2, 0, 1).numpy()  # L x N x C
+    held_out = []
+    for rows in cells:
+        cov = np.cov(rows, rowvar=False)
+        precision = np.linalg.inv(cov + shrinkage * np.trace(cov) / channels * np.eye(channels))
+        diff = rows[:, None] - rows[None]
+        d = np.einsum("nmc,cd,nmd->nm", diff, precision, diff)
+        np.fill_diagonal(d, np.inf)
+        held_out.append(d.min(1))
+    held_out = np.stack(held_out)  # L x N
+    variance = held_out.var(1, ddof=1)
+    np.testing.assert_allclose(density.distance_mean.numpy(), held_out.mean(1), rtol=5e-3)
+    np.testing.assert_allclose(density.distance_scale.numpy(), np.sqrt(variance + variance.mean()), rtol=5e-3)
+    scores = ((held_out.T - held_out.mean(1)) / np.sqrt(variance + variance.mean())).max(1)
+    assert float(density.score_mean) == pytest.approx(scores.mean(), rel=5e-3, abs=5e-3 * np.abs(scores).max())
+    assert float(density.score_std) == pytest.approx(scores.std(ddof=1), rel=5e-3)
+
+
+def test_a_cell_where_normal_images_vary_much_does_not_hide_a_finding_in_a_quiet_one() -> None:
+    """One cell's normal descriptors are heavy-tailed (a few normal images lie far from the rest there, as the body
+    outline or collimation of real radiographs do); a finding moves another, quiet cell. The largest raw distance
+    ranks the normal images with a far outlying cell above the findings; standardised per cell, they rank below."""
+    channels, grid = 4, 4
+    rng = torch.Generator().manual_seed(0)
+    def normal(n: int) -> torch.Tensor:
+        x = torch.randn(n, channels, grid, grid, generator=rng)
+        scale = torch.where(torch.rand(n, generator=rng) < 0.15, 6.0, 1.0)  # 15 % of images far out in cell 0
+        x[:, :, 0, 0] *= scale[:, None]
+        return x
+    density = FeatureDensity(channels, feature_size=grid, grid=grid, shrinkage=0.3)
+    density.fit(normal(400))
+    fresh, abnormal = normal(200), normal(200)
+    abnormal[:, :, 3, 3] += 3.0  # a finding in a quiet cell
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    distance = density.distance(torch.cat([fresh, abnormal]))
+    raw_auc = auc_or_nan(distance.flatten(1).amax(1).numpy(), labels)
+    auc = auc_or_nan(density.image_score(distance).numpy(), labels)
+    assert raw_auc < 0.97 < auc and auc > raw_auc + 0.02  # raw: 0.950, standardised: 0.988
+    assert float(density.distance_scale[0]) > 2 * float(density.distance_scale[1:].max())
 
 
 def test_the_map_keeps_normal_cells_below_1_and_follows_its_definition() -> None:
@@ -451,6 +502,20 @@ def test_state_dict_round_trip_and_models_saved_before_the_feature_statistics(ca
     assert float(loaded_05.statistics.density.map_sigma) == 0.0 and bool(loaded_05.statistics.ready)
     with torch.no_grad():
         torch.testing.assert_close(loaded_05(x), unsmoothed(x))
+    # a bank of bundle 0.8 (no per-cell standardisation saved) keeps scoring the largest cell distance, which its
+    # score statistics were measured with; measured again, it is standardised per cell
+    standardisation = ("statistics.density.distance_mean", "statistics.density.distance_scale")
+    bundle_08 = {k: v for k, v in source.state_dict().items() if k not in standardisation}
+    loaded_08 = copy_detector(score_kind="combined", map_kind="feature")
+    loaded_08.load_state_dict(bundle_08)
+    density = loaded_08.statistics.density
+    assert bool(loaded_08.statistics.ready)
+    assert not density.distance_mean.any() and bool((density.distance_scale == 1).all())
+    assert float(source.statistics.density.distance_mean.min()) > 0
+    with torch.no_grad():
+        raw = loaded_08.raw_scores(x)
+        distance = density.distance(raw["pooled_features"])
+        torch.testing.assert_close(raw["feature_score"], distance.flatten(1).amax(1))
     old = {k: v for k, v in source.state_dict().items() if ".density." not in k}
     fresh = copy_detector(score_kind="combined", map_kind="feature")
     with caplog.at_level(logging.WARNING, logger="scripts.detector"):

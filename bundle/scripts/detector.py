@@ -253,7 +253,8 @@ class AnomalyDetector(nn.Module):
       the image's mean feature) is compared with the
       descriptors of normal training images there (:class:`scripts.feature_density.FeatureDensity`: the squared
       distance to the nearest, after whitening by their shrunk covariance); the raw score is the largest cell
-      distance, standardised over the training images, anomaly score ``sigmoid(z)``.
+      distance, each first standardised by the cell's mean and shrunk spread on normal images, and it is then
+      standardised over the training images, anomaly score ``sigmoid(z)``.
       It sees findings the generator reproduces and so leaves out of the residual.
     - ``"combined"``: ``sigmoid(z_reconstruction + z_feature)``.
 
@@ -440,7 +441,7 @@ class AnomalyDetector(nn.Module):
             ``"recon"`` B x 1 x H x W, ``"anomaly_map"`` B x 1 x H x W (``map_kind``),
             ``"residual"`` B x 1 x H x W (:meth:`smoothed_residual`), ``"disc_logit"`` B,
             ``"recon_error"`` B (:meth:`residual_score`); with ``feature_depth`` also ``"pooled_features"``
-            B x C x grid x grid and ``"feature_score"`` B (the largest cell distance).
+            B x C x grid x grid and ``"feature_score"`` B (the largest standardised cell distance).
         """
         if isinstance(x, MetaTensor):  # no metadata is needed inside; MetaTensor's per-op bookkeeping is not free
             x = x.as_tensor()

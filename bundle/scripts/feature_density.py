@@ -5,7 +5,8 @@ reconstruction residual cannot show them; the encoder's features at those places
 normal images have there. :class:`FeatureDensity` keeps, for each cell of a ``grid x grid`` partition of the image,
 the descriptors of the encoder features of normal training images there (the features average-pooled over each of
 ``subcells x subcells`` parts of the cell, side by side), whitened by the cell's shrunk covariance, and measures how
-far a new image's descriptor lies from the nearest of them, cell by cell (``docs/method.md``, "Scoring").
+far a new image's descriptor lies from the nearest of them, cell by cell; the image score is the largest of these
+distances, each first standardised by what normal images give in that cell (``docs/method.md``, "Scoring").
 """
 
 from __future__ import annotations
@@ -56,9 +57,14 @@ class FeatureDensity(nn.Module):
     patient, a high or a low diaphragm) is near one of them. The shrinkage blends that metric towards the Euclidean
     one (the covariance's smallest directions then do not dominate).
 
-    ``score_mean``/``score_std`` are the mean and standard deviation of the image-level feature score (the largest
-    cell distance), of normal training images each measured without its own descriptors (its augmented copies
-    included) in the bank: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: per
+    The image-level feature score (:meth:`image_score`) is the largest standardised cell distance
+    ``(d_c - distance_mean_c) / distance_scale_c``: ``distance_mean`` (``L``) is each cell's mean distance over normal
+    training images each measured without its own descriptors (its augmented copies included) in the bank, and
+    ``distance_scale`` (``L``) is ``sqrt(s_c^2 + mean_c' s_c'^2)`` with ``s_c`` the cell's std of those distances:
+    the cell's own spread shrunk towards the cells' common one, as the covariance is shrunk. Cells where normal
+    images vary much (the body outline, the shoulders, collimation) then do not dominate the largest distance, and
+    quiet cells are not made to by a spread near zero. ``score_mean``/``score_std`` are the mean and standard
+    deviation of the image score of the same left-out normal images: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: per
     cell the larger of the square root of the distance over ``sqrt(cell_scale)`` and the square roots smoothed over
     the grid by a Gaussian of ``map_sigma`` cells (edge cells replicated) over ``sqrt(smooth_scale)``, clipped at
     ``FEATURE_MAP_MAX`` and upsampled. ``cell_scale`` and ``smooth_scale`` are the squares of the 99th percentiles of
@@ -67,7 +73,8 @@ class FeatureDensity(nn.Module):
     were measured with is saved with them (``map_sigma``) and is the one :meth:`map` uses: a model keeps its map until
     its statistics are measured again (then with the ``map_sigma`` given here).
     Until fitted, the bank is one zero row, ``mean`` 0 and ``whitening`` the identity (the distance is then the
-    squared norm).
+    squared norm), ``distance_mean`` 0 and ``distance_scale`` 1 (the image score is then the largest distance, as
+    for banks saved before these two existed).
 
     Args:
         channels: ``C``, channels of the encoder feature.
@@ -86,7 +93,7 @@ class FeatureDensity(nn.Module):
     """
 
     BUFFERS = ("mean", "whitening", "bank", "cell_scale", "smooth_scale", "map_sigma", "score_mean", "score_std",
-               "centred")
+               "centred", "distance_mean", "distance_scale")
 
     def __init__(
         self,
@@ -128,6 +135,8 @@ class FeatureDensity(nn.Module):
         self.register_buffer("map_sigma", torch.zeros(()))
         self.register_buffer("map_kernel", torch.ones(1), persistent=False)
         self._set_map_sigma(float(map_sigma))
+        self.register_buffer("distance_mean", torch.zeros(cells))
+        self.register_buffer("distance_scale", torch.ones(cells))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
         self.register_buffer("centred", torch.tensor(float(self.centre)))
@@ -195,10 +204,10 @@ class FeatureDensity(nn.Module):
             dist = self._nearest(cells, self.bank, self.bank_norms).amin(-1)
         return dist.T.reshape(pooled.shape[0], self.grid, self.grid)
 
-    @staticmethod
-    def image_score(distance: Tensor) -> Tensor:
-        """The image-level feature score: the largest cell distance, ``N x grid x grid`` -> ``N``."""
-        return distance.flatten(1).amax(1)
+    def image_score(self, distance: Tensor) -> Tensor:
+        """The image-level feature score: the largest standardised cell distance,
+        ``(d - distance_mean) / distance_scale`` per cell, ``N x grid x grid`` -> ``N``."""
+        return ((distance.flatten(1) - self.distance_mean) / self.distance_scale).amax(1)
 
     def _cells(self, pooled: Tensor, what: str) -> Tensor:
         """``N x D x grid x grid`` -> ``L x N x D`` (float64, on the buffers' device), checking the shape."""
@@ -215,8 +224,9 @@ class FeatureDensity(nn.Module):
         hold.
 
         An image's distance to a bank that holds it (or a copy of it) is about 0, so the score statistics and
-        ``cell_scale`` are measured leaving each image out: image ``i`` (un-augmented) is scored against the bank
-        without its own rows. The mean and whitening are measured over all rows.
+        ``cell_scale``, ``distance_mean`` and ``distance_scale`` are measured leaving each image out: image ``i``
+        (un-augmented) is scored against the bank without its own rows. The mean and whitening are measured over all
+        rows.
         """
         n = pooled.shape[0]
         if n < 3:
@@ -247,7 +257,10 @@ class FeatureDensity(nn.Module):
             self._nearest(bank[cell, None, :n], bank[cell, None], norms[cell, None]).squeeze(0)
             .masked_fill(own, float("inf")).amin(1) for cell in range(x.shape[0])
         ])  # L x N
-        scores = held_out.amax(0)
+        spread = held_out.var(1)
+        self.distance_mean.copy_(held_out.mean(1))
+        self.distance_scale.copy_((spread + spread.mean()).clamp_min(1e-12).sqrt())
+        scores = self.image_score(held_out.T.reshape(n, self.grid, self.grid))
         self._set_map_sigma(self.fit_map_sigma)
         roots = held_out.T.float().sqrt().reshape(n, 1, self.grid, self.grid)
         for scale, cells in ((self.cell_scale, roots), (self.smooth_scale, self._smooth(roots))):
@@ -268,15 +281,19 @@ class FeatureDensity(nn.Module):
     ) -> None:
         """The bank takes the saved number of rows, the map the saved smoothing (a bank of bundle 0.5, which saved
         none, the none its ``cell_scale`` was measured with, and that scale for the smoothed map too); a bank saved
-        before ``centred`` existed was measured uncentred. A state dict
+        before ``centred`` existed was measured uncentred, and one saved before ``distance_mean`` and
+        ``distance_scale`` existed (bundles before 0.9) keeps 0 and 1, so its image score stays the largest distance
+        its score statistics were measured with. A state dict
         written before these statistics existed (none, or the per-cell Gaussians of bundles before 0.5) loads without
         them: they keep their unfitted defaults (the owner, :class:`scripts.detector.ScoreStatistics`, marks its
         statistics as not measured, so they are measured again)."""
         saved_bank = state_dict.get(prefix + "bank")
         if isinstance(saved_bank, Tensor):
             self._buffers["bank"] = torch.zeros(saved_bank.shape, device=self.bank.device)
+            cells = saved_bank.shape[0]
             unsmoothed = {"map_sigma": torch.zeros(()), "smooth_scale": state_dict.get(prefix + "cell_scale", 1.0),
-                          "centred": torch.zeros(())}
+                          "centred": torch.zeros(()), "distance_mean": torch.zeros(cells),
+                          "distance_scale": torch.ones(cells)}
             state_dict = {**{prefix + k: torch.as_tensor(v) for k, v in unsmoothed.items()}, **state_dict}
         else:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
