@@ -208,9 +208,9 @@ class ScoreStatistics(nn.Module):
                            "instead of %g.", float(self.std_floor), configured_floor)
         if no_density:
             self.ready.fill_(False)
-            logger.warning("the loaded score statistics have no encoder-feature statistics of this kind (models of "
-                           "bundles before 0.5 kept per-cell Gaussians): they are marked as not measured and must be "
-                           "measured again.")
+            logger.warning("the loaded score statistics have no encoder-feature statistics of this kind (left out "
+                           "by '--remeasure_statistics true', or a model of a bundle before 0.5, which kept per-cell "
+                           "Gaussians): they are marked as not measured and must be measured again.")
         if not absent:
             return
         for key in absent:
