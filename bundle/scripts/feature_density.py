@@ -64,7 +64,9 @@ class FeatureDensity(nn.Module):
     the cell's own spread shrunk towards the cells' common one, as the covariance is shrunk. Cells where normal
     images vary much (the body outline, the shoulders, collimation) then do not dominate the largest distance, and
     quiet cells are not made to by a spread near zero. ``score_mean``/``score_std`` are the mean and standard
-    deviation of the image score of the same left-out normal images: what a new normal image gives. :meth:`map` turns cell distances into the anomaly map: per
+    deviation of the image score of the same left-out normal images: what a new normal image gives.
+
+    :meth:`map` turns cell distances into the anomaly map: per
     cell the larger of the square root of the distance over ``sqrt(cell_scale)`` and the square roots smoothed over
     the grid by a Gaussian of ``map_sigma`` cells (edge cells replicated) over ``sqrt(smooth_scale)``, clipped at
     ``FEATURE_MAP_MAX`` and upsampled. ``cell_scale`` and ``smooth_scale`` are the squares of the 99th percentiles of
@@ -260,9 +262,10 @@ class FeatureDensity(nn.Module):
         spread = held_out.var(1)
         self.distance_mean.copy_(held_out.mean(1))
         self.distance_scale.copy_((spread + spread.mean()).clamp_min(1e-12).sqrt())
-        scores = self.image_score(held_out.T.reshape(n, self.grid, self.grid))
+        per_image = held_out.T.reshape(n, self.grid, self.grid)
+        scores = self.image_score(per_image)
         self._set_map_sigma(self.fit_map_sigma)
-        roots = held_out.T.float().sqrt().reshape(n, 1, self.grid, self.grid)
+        roots = per_image.float().sqrt()[:, None]
         for scale, cells in ((self.cell_scale, roots), (self.smooth_scale, self._smooth(roots))):
             scale.copy_(torch.quantile(cells.flatten().double(), 0.99).square().clamp_min(1e-12))
         self.score_mean.copy_(scores.mean())
